@@ -1,0 +1,43 @@
+"""Every directory moecli reads or writes, in one place (XDG via platformdirs; `MOECLI_HOME` moves them all)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP = "moecli"
+
+
+def home() -> Path | None:
+    value = os.environ.get("MOECLI_HOME")
+    return Path(value).expanduser() if value else None
+
+
+def data_dir() -> Path:
+    """The store's records and models moecli makes itself (the demo model)."""
+    root = home()
+    return root / "data" if root else Path(platformdirs.user_data_dir(APP))
+
+
+def cache_dir() -> Path:
+    """Partial downloads and other files that can be made again."""
+    root = home()
+    return root / "cache" if root else Path(platformdirs.user_cache_dir(APP))
+
+
+def config_dir() -> Path:
+    """The user's own aliases and machine profiles, beside the ones we ship."""
+    root = home()
+    return root / "config" if root else Path(platformdirs.user_config_dir(APP))
+
+
+def models_dir() -> Path:
+    return data_dir() / "models"
+
+
+def shipped_configs_dir() -> Path:
+    """`configs/` of the repository: inside the package when installed, beside it in a checkout."""
+    inside = Path(__file__).parent / "configs"
+    return inside if inside.is_dir() else Path(__file__).parent.parent / "configs"
