@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 
+@pytest.fixture(scope="session")
+def demo_model_session(tmp_path_factory) -> Path:
+    """The demo model, built once per test session (about a second)."""
+    from moecli.synth import ensure_demo_model
+
+    return ensure_demo_model(tmp_path_factory.mktemp("demo-model"))
+
+
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path_factory, monkeypatch):
+def isolated_home(tmp_path_factory, monkeypatch, demo_model_session):
+    from moecli import paths
+
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("MOECLI_HOME", str(home / "moecli"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
@@ -15,4 +29,11 @@ def isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("NO_COLOR", "1")
+    # the session's demo model, where ensure_demo_model() looks for it
+    models = paths.models_dir()
+    models.mkdir(parents=True)
+    try:
+        os.link(demo_model_session, models / demo_model_session.name)
+    except OSError:
+        shutil.copy2(demo_model_session, models / demo_model_session.name)
     return home

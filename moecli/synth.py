@@ -1,0 +1,1219 @@
+"""Write GGUF files with real architectures and tensor shapes, filled with realistic random weights.
+
+- `write_gguf` / `write_split_gguf`: any architecture, metadata and tensor list (gguf-split layout
+  for shards).
+- `build_recipe`: presets with llama.cpp's exact tensor names and shapes (Qwen3.6-35B-A3B as
+  `qwen35moe`, the tiny demo, a tiny dense `qwen3`) and llama-quantize's type mixes (Q4_K_M, ...).
+- `ensure_demo_model`: the tiny chat model behind the model name `demo`.
+
+Three fills:
+- "sparse": header and tensor infos, then the file is extended to its full size without writing
+  data (holes): a 21 GB planning fixture is made in well under a second (the header is the work).
+- "zeros": real zero bytes.
+- "random": weights the engine can run: zero-mean, |w| ~ 0.02, norm weights ~ 1, biases ~ 0,
+  deterministic from `seed`. Quantized blocks are built directly (K-quants are not implemented in
+  `gguf.quants`); big tensors repeat windows of a pool of random blocks so a 20 GB file is written
+  at disk speed with bounded memory, while experts still differ from one another.
+
+Every file is written to a temporary name in its directory, fsynced and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
+from math import prod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter, Keys
+from gguf import quants as gguf_quants
+
+from moecli.errors import BadInput, DiskSpaceError
+
+FILLS = ("random", "zeros", "sparse")
+
+# The typical magnitude of a trained transformer weight (the usual init std, and what released
+# checkpoints show for hidden 2048); larger values overflow the residual stream in the CUDA path.
+WEIGHT_STD = 0.02
+
+_CHUNK_BYTES = 4 << 20  # generation and write granularity (bounded memory)
+_POOL_BYTES = 32 << 20  # tensors larger than this repeat windows of a per-type pool of blocks
+_WINDOW_BYTES = 1 << 20  # size of one window taken from the pool at a random block offset
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # ggml order: shape[0] is the contiguous dimension (ne0)
+    ggml_type: str  # "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", ...
+
+    @property
+    def qtype(self) -> GGMLQuantizationType:
+        try:
+            return GGMLQuantizationType[self.ggml_type.upper()]
+        except KeyError:
+            raise BadInput(f"unknown ggml type {self.ggml_type!r} for tensor {self.name}",
+                           "use a gguf.GGMLQuantizationType name such as F16, Q8_0 or Q4_K") from None
+
+    @property
+    def n_elements(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_elements // GGML_QUANT_SIZES[self.qtype][0]
+
+    @property
+    def nbytes(self) -> int:
+        block, size = GGML_QUANT_SIZES[self.qtype]
+        return self.n_elements // block * size
+
+    def check(self) -> None:
+        block = GGML_QUANT_SIZES[self.qtype][0]
+        if not self.shape or any(d <= 0 for d in self.shape):
+            raise BadInput(f"tensor {self.name} has shape {self.shape}", "every dimension must be positive")
+        if self.shape[0] % block:
+            raise BadInput(f"tensor {self.name}: a row of {self.shape[0]} is not whole {self.ggml_type} blocks of {block}",
+                           "pick a type whose block size divides ne0 (llama-quant falls back to Q8_0/Q5_0/F16)")
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+
+
+_INT_RANGES = [  # narrowest first
+    (GGUFValueType.UINT32, 0, 2**32 - 1),
+    (GGUFValueType.INT32, -(2**31), 2**31 - 1),
+    (GGUFValueType.UINT64, 0, 2**64 - 1),
+    (GGUFValueType.INT64, -(2**63), 2**63 - 1),
+]
+
+
+def _int_type(values: Sequence[int]) -> GGUFValueType:
+    lo, hi = min(values), max(values)
+    for vtype, vmin, vmax in _INT_RANGES:
+        if vmin <= lo and hi <= vmax:
+            return vtype
+    raise BadInput(f"integer {lo if lo < 0 else hi} does not fit 64 bits", "GGUF integers are at most 64-bit")
+
+
+def _scalar_type(key: str, values: Sequence[Any]) -> GGUFValueType:
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        return GGUFValueType.BOOL
+    if all(isinstance(v, str) for v in values):
+        return GGUFValueType.STRING
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        return _int_type([int(v) for v in values])
+    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+           for v in values):
+        return GGUFValueType.FLOAT32
+    raise BadInput(f"metadata {key}: cannot infer a GGUF type for {type(values[0]).__name__} values",
+                   "pass (value, gguf.GGUFValueType.X)")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _plain_list(items: list[Any]) -> tuple[list[Any], set[type]]:
+    """Items as plain Python values, and their types (one pass over big token lists)."""
+    types = set(map(type, items))
+    if types <= {str, int, float, bool}:
+        return items, types
+    items = [_plain(v) for v in items]
+    return items, set(map(type, items))
+
+
+def _add_kv(writer: GGUFWriter, key: str, value: Any) -> None:
+    """Add one key with an inferred type; `(value, GGUFValueType.X)` forces the type (for a list,
+    X is the element type, or ARRAY to infer it)."""
+    explicit: GGUFValueType | None = None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], GGUFValueType):
+        value, explicit = value
+    value = _plain(value)
+    if isinstance(value, (list, tuple)):
+        items, types = _plain_list(list(value))
+        if not items:
+            raise BadInput(f"metadata {key} is an empty list", "GGUFWriter cannot write empty arrays: leave the key out")
+        if explicit not in (None, GGUFValueType.ARRAY):
+            sub = explicit
+        elif types == {str}:
+            sub = GGUFValueType.STRING
+        else:
+            sub = _scalar_type(key, items)
+        if sub == GGUFValueType.FLOAT32:
+            items = [float(v) for v in items]
+        writer.add_key_value(key, items, GGUFValueType.ARRAY, sub_type=sub)
+        return
+    vtype = explicit or _scalar_type(key, [value])
+    if vtype in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+        value = float(value)
+    writer.add_key_value(key, value, vtype)
+
+
+_NUMPY_OF = {
+    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2",
+    GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
+    GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT32: "<f4",
+    GGUFValueType.FLOAT64: "<f8", GGUFValueType.BOOL: "?",
+}
+
+
+def _pack_strings(values: Sequence[str]) -> bytes:
+    """GGUF strings (u64 length + UTF-8 bytes each), vectorised: join with NUL, then scatter."""
+    try:
+        joined_text = "\0".join(values)
+    except TypeError:  # bytes among them: the plain way
+        joined_text = None
+    if joined_text is None or joined_text.count("\0") != len(values) - 1:  # or NULs inside strings
+        length = struct.Struct("<Q").pack
+        encoded = (v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values)
+        return b"".join(length(len(e)) + e for e in encoded)
+    joined = np.frombuffer(joined_text.encode("utf-8"), dtype=np.uint8)
+    is_sep = joined == 0
+    string_of = np.cumsum(is_sep)  # index of the string each byte belongs to (separators: the next)
+    ends = np.flatnonzero(is_sep)
+    starts = np.concatenate(([0], ends + 1))
+    lengths = np.diff(np.concatenate((starts, [len(joined) + 1]))) - 1
+    out = np.empty(8 * len(values) + len(joined) - len(ends), dtype=np.uint8)
+    keep = ~is_sep
+    # byte j of string i lands after i+1 length fields and without the i separators before it
+    out[(np.arange(len(joined)) + 7 * string_of + 8)[keep]] = joined[keep]
+    heads = (starts + 7 * np.arange(len(values)))[:, None] + np.arange(8)
+    out[heads] = lengths.astype("<u8").view(np.uint8).reshape(-1, 8)
+    return out.tobytes()
+
+
+class _Writer(GGUFWriter):
+    """GGUFWriter with arrays packed in bulk: its per-item packing takes ~3 s for the 400,000
+    strings of a Qwen tokenizer, which planning fixtures cannot afford. Same bytes."""
+
+    def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool, sub_type: GGUFValueType | None = None) -> bytes:
+        if vtype != GGUFValueType.ARRAY or sub_type is None or self.endianess != GGUFEndian.LITTLE:
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+        head = struct.pack("<IIQ", vtype, sub_type, len(val)) if add_vtype else struct.pack("<IQ", sub_type, len(val))
+        if sub_type == GGUFValueType.STRING:
+            return head + _pack_strings(val)
+        if sub_type in _NUMPY_OF:
+            return head + np.asarray(val, dtype=_NUMPY_OF[sub_type]).tobytes()
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
+# ---------------------------------------------------------------------------------------------
+# random blocks: valid encodings of zero-mean weights of a chosen standard deviation
+
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float16).view(np.uint8).reshape(len(x), 2)
+
+
+def _super_scale(rng: np.random.Generator, n: int, std: float, unit: float) -> np.ndarray:
+    """Per-block scales so that weights come out at `std` (`unit`: the std of a block at scale 1),
+    varying from block to block as in real files."""
+    return (std / unit) * rng.uniform(0.8, 1.2, size=n)
+
+
+def _rms(values: range) -> float:
+    return float(np.sqrt(np.mean(np.square(np.array(values, dtype=np.float64)))))
+
+
+def _uniform_std(n_levels: int) -> float:
+    """Standard deviation of a quant uniform over n_levels consecutive integers."""
+    return float(np.sqrt((n_levels**2 - 1) / 12))
+
+
+def _pack_k4_scales(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """8 six-bit scales and mins into 12 bytes (inverse of get_scale_min_k4 in ggml-quants.c)."""
+    out = np.empty((len(sc), 12), dtype=np.uint8)
+    out[:, 0:4] = sc[:, 0:4] | ((sc[:, 4:8] >> 4) << 6)
+    out[:, 4:8] = m[:, 0:4] | ((m[:, 4:8] >> 4) << 6)
+    out[:, 8:12] = (sc[:, 4:8] & 0xF) | ((m[:, 4:8] & 0xF) << 4)
+    return out
+
+
+def _rand_bytes(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
+    words = (n * width + 7) // 8
+    raw = rng.integers(0, 2**64, size=words, dtype=np.uint64, endpoint=False).view(np.uint8)
+    return raw[: n * width].reshape(n, width)
+
+
+def _q4_k(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+    # block_q4_K: d, dmin (f16), scales[12], qs[128]; w = d*sc*q - dmin*m, q uniform in 0..15.
+    # m = sc and dmin = 7.5*d (the mean quant value) make every sub-block zero-mean.
+    sc = rng.integers(32, 64, size=(n, 8), dtype=np.uint8)
+    d = _super_scale(rng, n, std, _rms(range(32, 64)) * _uniform_std(16)).astype(np.float16)
+    out = np.empty((n, 144), dtype=np.uint8)
+    out[:, 0:2] = _f16(d)
+    out[:, 2:4] = _f16(d.astype(np.float32) * 7.5)
+    out[:, 4:16] = _pack_k4_scales(sc, sc)
+    out[:, 16:] = _rand_bytes(rng, n, 128)
+    return out
+
+
+def _q5_k(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+    # block_q5_K: d, dmin, scales[12], qh[32], qs[128]; q = 5 bits uniform in 0..31, mean 15.5.
+    sc = rng.integers(32, 64, size=(n, 8), dtype=np.uint8)
+    d = _super_scale(rng, n, std, _rms(range(32, 64)) * _uniform_std(32)).astype(np.float16)
+    out = np.empty((n, 176), dtype=np.uint8)
+    out[:, 0:2] = _f16(d)
+    out[:, 2:4] = _f16(d.astype(np.float32) * 15.5)
+    out[:, 4:16] = _pack_k4_scales(sc, sc)
+    out[:, 16:] = _rand_bytes(rng, n, 160)
+    return out
+
+
+def _q6_k(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+    # block_q6_K: ql[128], qh[64], scales[16] (int8), d; w = d*sc*(q-32), q uniform in 0..63.
+    # (q-32) has mean -0.5: random signs on the scales cancel it.
+    mag = rng.integers(16, 64, size=(n, 16), dtype=np.int16)
+    sign = rng.integers(0, 2, size=(n, 16), dtype=np.int16) * 2 - 1
+    d = _super_scale(rng, n, std, _rms(range(16, 64)) * _uniform_std(64)).astype(np.float16)
+    out = np.empty((n, 210), dtype=np.uint8)
+    out[:, 0:192] = _rand_bytes(rng, n, 192)
+    out[:, 192:208] = (mag * sign).astype(np.int8).view(np.uint8)
+    out[:, 208:210] = _f16(d)
+    return out
+
+
+def _q2_k(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+    # block_q2_K: scales[16] (scale | min << 4), qs[64], d, dmin; q uniform in 0..3, mean 1.5.
+    sc = rng.integers(8, 16, size=(n, 16), dtype=np.uint8)
+    d = _super_scale(rng, n, std, _rms(range(8, 16)) * _uniform_std(4)).astype(np.float16)
+    out = np.empty((n, 84), dtype=np.uint8)
+    out[:, 0:16] = sc | (sc << 4)
+    out[:, 16:80] = _rand_bytes(rng, n, 64)
+    out[:, 80:82] = _f16(d)
+    out[:, 82:84] = _f16(d.astype(np.float32) * 1.5)
+    return out
+
+
+def _q3_k(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+    # block_q3_K: hmask[32], qs[64], scales[12], d; w = d*(s-32)*q, q in -4..3, s 6-bit.
+    # Random scale bits give signed scales symmetric around 0, so the blocks are zero-mean.
+    d = _super_scale(rng, n, std, _rms(range(-32, 32)) * _uniform_std(8)).astype(np.float16)
+    out = np.empty((n, 110), dtype=np.uint8)
+    out[:, 0:108] = _rand_bytes(rng, n, 108)
+    out[:, 108:110] = _f16(d)
+    return out
+
+
+def _q8_0(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+    # block_q8_0: d, qs[32] int8 uniform in -128..127.
+    d = _super_scale(rng, n, std, _uniform_std(256)).astype(np.float16)
+    out = np.empty((n, 34), dtype=np.uint8)
+    out[:, 0:2] = _f16(d)
+    out[:, 2:] = _rand_bytes(rng, n, 32)
+    return out
+
+
+def _q4_0(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+    # block_q4_0: d, qs[16]; w = d*(q-8) has mean -0.5*d: a random sign on d cancels it.
+    sign = rng.integers(0, 2, size=n) * 2 - 1
+    d = (sign * _super_scale(rng, n, std, _uniform_std(16))).astype(np.float16)
+    out = np.empty((n, 18), dtype=np.uint8)
+    out[:, 0:2] = _f16(d)
+    out[:, 2:] = _rand_bytes(rng, n, 16)
+    return out
+
+
+_BLOCK_MAKERS: dict[GGMLQuantizationType, Callable[[np.random.Generator, int, float], np.ndarray]] = {
+    GGMLQuantizationType.Q2_K: _q2_k,
+    GGMLQuantizationType.Q3_K: _q3_k,
+    GGMLQuantizationType.Q4_K: _q4_k,
+    GGMLQuantizationType.Q5_K: _q5_k,
+    GGMLQuantizationType.Q6_K: _q6_k,
+    GGMLQuantizationType.Q8_0: _q8_0,
+    GGMLQuantizationType.Q4_0: _q4_0,
+}
+
+def encode_floats(values: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """Float32 values (numpy order, last axis = ne0) as the bytes of a ggml type."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    if qtype == GGMLQuantizationType.F32:
+        return values.reshape(-1).view(np.uint8)
+    if qtype == GGMLQuantizationType.F16:
+        return values.astype(np.float16).reshape(-1).view(np.uint8)
+    if qtype == GGMLQuantizationType.BF16:
+        bits = values.reshape(-1).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even
+        return rounded.view(np.uint8)
+    try:
+        return gguf_quants.quantize(values, qtype).reshape(-1).view(np.uint8)
+    except NotImplementedError:
+        raise BadInput(f"explicit values cannot be encoded as {qtype.name} here",
+                       "give such tensors a type gguf.quants can quantize (F16, Q8_0, Q4_0, ...)") from None
+
+
+def random_blocks(ggml_type: str, n_blocks: int, rng: np.random.Generator, std: float = WEIGHT_STD) -> np.ndarray:
+    """`n_blocks` valid blocks of a ggml type encoding zero-mean weights of standard deviation `std`,
+    as an (n_blocks, type_size) uint8 array."""
+    qtype = TensorSpec("", (1,), ggml_type).qtype
+    maker = _BLOCK_MAKERS.get(qtype)
+    if maker is not None:
+        return maker(rng, n_blocks, std)
+    block, size = GGML_QUANT_SIZES[qtype]
+    values = rng.standard_normal(n_blocks * block, dtype=np.float32) * np.float32(std)
+    return encode_floats(values.reshape(n_blocks, block), qtype).reshape(n_blocks, size)
+
+
+# What a tensor's values look like, from its name (llama.cpp's tensor names).
+def _init_kind(name: str) -> str:
+    if name.endswith("norm.weight"):
+        return "ones"  # RMSNorm gains (convert_hf_to_gguf adds 1 where HF stores them as offsets)
+    if name.endswith(".ssm_a") or name.endswith("ssm_a.weight"):
+        return "decay"  # -exp(A_log): negative, or the recurrent state grows without bound
+    if name.endswith("ssm_dt.bias"):
+        return "ones"  # dt_bias, initialised to ones in Qwen3-Next/3.5
+    if name.endswith(".bias"):
+        return "small"
+    return "weight"
+
+
+def _float_values(kind: str, rng: np.random.Generator, n: int, std: float) -> np.ndarray:
+    if kind == "ones":
+        return (1.0 + rng.standard_normal(n, dtype=np.float32) * np.float32(std)).astype(np.float32)
+    if kind == "decay":
+        return (-np.exp(rng.uniform(0.0, np.log(16.0), size=n))).astype(np.float32)
+    if kind == "small":
+        return rng.standard_normal(n, dtype=np.float32) * np.float32(std / 10)
+    return rng.standard_normal(n, dtype=np.float32) * np.float32(std)
+
+
+def _seed_for(seed: int, *parts: str | int) -> list[int]:
+    return [seed & 0xFFFFFFFF] + [zlib.crc32(p.encode()) if isinstance(p, str) else p for p in parts]
+
+
+class _RandomSource:
+    """Deterministic random data for the tensors of one file (a pool per type, built on demand)."""
+
+    def __init__(self, seed: int, data: Mapping[str, np.ndarray] | None = None, std: float = WEIGHT_STD) -> None:
+        self.seed = seed
+        self.data = dict(data or {})
+        self.std = std
+        self._pools: dict[GGMLQuantizationType, np.ndarray] = {}
+
+    def _pool(self, qtype: GGMLQuantizationType) -> np.ndarray:
+        if qtype not in self._pools:
+            size = GGML_QUANT_SIZES[qtype][1]
+            # a prime number of blocks: windows at different offsets never line up periodically
+            n = _prime_below(_POOL_BYTES // size)
+            rng = np.random.default_rng(_seed_for(self.seed, "pool", qtype.name))
+            self._pools[qtype] = random_blocks(qtype.name, n, rng, self.std).reshape(-1)
+        return self._pools[qtype]
+
+    def chunks(self, spec: TensorSpec) -> Iterator[memoryview | bytes]:
+        qtype = spec.qtype
+        block, size = GGML_QUANT_SIZES[qtype]
+        if spec.name in self.data:
+            yield _explicit_bytes(spec, self.data[spec.name]).data
+            return
+        kind = _init_kind(spec.name)
+        if kind != "weight":
+            values = _float_values(kind, np.random.default_rng(_seed_for(self.seed, spec.name)), spec.n_elements, self.std)
+            yield encode_floats(values.reshape(-1, spec.shape[0]), qtype).data
+            return
+        if spec.nbytes > _POOL_BYTES:
+            pool = self._pool(qtype)
+            n_pool = len(pool) // size
+            per_window = max(1, _WINDOW_BYTES // size)
+            rng = np.random.default_rng(_seed_for(self.seed, spec.name))
+            view = memoryview(pool)
+            left = spec.n_blocks
+            while left:
+                n = min(per_window, left)
+                start = int(rng.integers(0, n_pool - n + 1))
+                yield view[start * size:(start + n) * size]
+                left -= n
+            return
+        per_chunk = max(1, _CHUNK_BYTES // size)
+        for i, first in enumerate(range(0, spec.n_blocks, per_chunk)):
+            n = min(per_chunk, spec.n_blocks - first)
+            rng = np.random.default_rng(_seed_for(self.seed, spec.name, i))
+            yield random_blocks(qtype.name, n, rng, self.std).data
+
+
+def _explicit_bytes(spec: TensorSpec, values: np.ndarray) -> np.ndarray:
+    """Given contents of a tensor: float values (numpy order) to encode, or its raw uint8 encoding."""
+    if values.dtype == np.uint8:
+        raw = np.ascontiguousarray(values).reshape(-1)
+    else:
+        if values.size != spec.n_elements:
+            raise BadInput(f"tensor {spec.name}: {values.size} values given for {spec.n_elements} elements",
+                           "give values of the tensor's shape (numpy order: reversed ggml shape)")
+        raw = encode_floats(values.reshape(-1, spec.shape[0]), spec.qtype).reshape(-1)
+    if raw.nbytes != spec.nbytes:
+        raise BadInput(f"tensor {spec.name}: {raw.nbytes} bytes given, its {spec.ggml_type} encoding takes {spec.nbytes}",
+                       "give raw blocks of the tensor's type and size")
+    return raw
+
+
+def _prime_below(n: int) -> int:
+    n = max(n, 3)
+    while any(n % p == 0 for p in range(2, int(n**0.5) + 1)):
+        n -= 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _check_inputs(arch: str, metadata: Mapping[str, Any], tensors: Sequence[TensorSpec], fill: str, alignment: int,
+                  data: Mapping[str, np.ndarray] | None = None) -> None:
+    if fill not in FILLS:
+        raise BadInput(f"unknown fill {fill!r}", f"use one of: {', '.join(FILLS)}")
+    if alignment <= 0 or alignment % 8:
+        raise BadInput(f"alignment {alignment} is not a positive multiple of 8", "GGUF's default is 32")
+    if not arch:
+        raise BadInput("no architecture given", "pass arch, e.g. 'qwen35moe'")
+    declared = metadata.get(Keys.General.ARCHITECTURE)
+    if declared is not None and _plain(declared) != arch:
+        raise BadInput(f"metadata says general.architecture={declared!r} but arch={arch!r}",
+                       "leave general.architecture out of metadata: it is written from arch")
+    names = set()
+    for spec in tensors:
+        spec.check()
+        if spec.name in names:
+            raise BadInput(f"tensor {spec.name} is listed twice", "tensor names must be unique")
+        names.add(spec.name)
+    unknown = sorted(set(data or {}) - names)
+    if unknown:
+        raise BadInput(f"data given for tensor(s) not in the model: {', '.join(unknown[:3])}",
+                       "name tensors exactly as in the tensor list")
+
+
+def _pad(n: int, alignment: int) -> int:
+    return (n + alignment - 1) // alignment * alignment
+
+
+def data_size(tensors: Sequence[TensorSpec], alignment: int = 32) -> int:
+    """Bytes of the tensor data section (each tensor padded to the alignment, as GGUFWriter does)."""
+    return sum(_pad(t.nbytes, alignment) for t in tensors)
+
+
+def _header_writer(path: Path, arch: str, metadata: Mapping[str, Any], tensors: Sequence[TensorSpec],
+                   alignment: int, with_arch: bool) -> GGUFWriter:
+    writer = _Writer(path, arch)
+    if not with_arch:  # gguf-split writes only the split keys into shards after the first
+        writer.kv_data[0].pop(Keys.General.ARCHITECTURE, None)
+    writer.data_alignment = alignment
+    if alignment != 32:
+        writer.add_uint32(Keys.General.ALIGNMENT, alignment)
+    for key, value in metadata.items():
+        if key != Keys.General.ARCHITECTURE:
+            _add_kv(writer, key, value)
+    for spec in tensors:
+        # GGUFWriter takes numpy order (outermost first); with raw_dtype set and a non-uint8
+        # dtype the shape is used as given
+        writer.add_tensor_info(spec.name, tuple(reversed(spec.shape)), np.dtype(np.float32), spec.nbytes,
+                               raw_dtype=spec.qtype)
+    return writer
+
+
+def _write_one(path: Path, arch: str, metadata: Mapping[str, Any], tensors: Sequence[TensorSpec], *,
+               fill: str, source: _RandomSource | None, alignment: int, with_arch: bool,
+               on_bytes: Callable[[int], None]) -> Path:
+    """Write one GGUF file at a temporary name beside `path`; return the temporary path (fsynced)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer = _header_writer(tmp, arch, metadata, tensors, alignment, with_arch)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        assert writer.fout is not None
+        f = writer.fout[0]
+        f.write(b"\0" * (_pad(f.tell(), alignment) - f.tell()))
+        if fill == "sparse":
+            f.truncate(f.tell() + data_size(tensors, alignment))
+            on_bytes(sum(t.nbytes for t in tensors))
+        else:
+            zeros = memoryview(bytes(_CHUNK_BYTES))
+            for spec in tensors:
+                if fill == "zeros":
+                    left = spec.nbytes
+                    while left:
+                        n = min(left, _CHUNK_BYTES)
+                        f.write(zeros[:n])
+                        left -= n
+                        on_bytes(n)
+                else:
+                    assert source is not None
+                    for chunk in source.chunks(spec):
+                        f.write(chunk)
+                        on_bytes(memoryview(chunk).nbytes)
+                f.write(b"\0" * (_pad(spec.nbytes, alignment) - spec.nbytes))
+        f.flush()
+        os.fsync(f.fileno())
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    return tmp
+
+
+def _check_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        from moecli.units import fmt_bytes
+
+        raise DiskSpaceError(f"{fmt_bytes(needed)} to write but {fmt_bytes(free)} free in {directory}",
+                             "free some disk, pick another directory, or use fill='sparse'")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_files(paths: list[Path], arch: str, metadata: Mapping[str, Any], groups: list[list[TensorSpec]],
+                 split_keys: bool, *, fill: str, seed: int, alignment: int,
+                 progress: Callable[[int, int], None] | None, data: Mapping[str, np.ndarray] | None) -> list[Path]:
+    directory = paths[0].parent
+    directory.mkdir(parents=True, exist_ok=True)
+    total = sum(t.nbytes for g in groups for t in g)
+    if fill != "sparse":
+        _check_space(directory, total)
+    done = 0
+
+    def on_bytes(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
+    source = _RandomSource(seed, data) if fill == "random" else None
+    n_tensors = sum(len(g) for g in groups)
+    temps: list[Path] = []
+    try:
+        for i, (path, group) in enumerate(zip(paths, groups)):
+            meta: dict[str, Any] = dict(metadata) if i == 0 else {}
+            if split_keys:  # the keys gguf-split writes (tools/gguf-split/gguf-split.cpp)
+                meta[Keys.Split.LLM_KV_SPLIT_NO] = (i, GGUFValueType.UINT16)
+                meta[Keys.Split.LLM_KV_SPLIT_COUNT] = (len(paths), GGUFValueType.UINT16)
+                meta[Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT] = (n_tensors, GGUFValueType.INT32)
+            temps.append(_write_one(path, arch, meta, group, fill=fill, source=source, alignment=alignment,
+                                    with_arch=(i == 0), on_bytes=on_bytes))
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in zip(temps, paths):
+        os.replace(tmp, path)
+    _fsync_dir(directory)
+    return paths
+
+
+def write_gguf(path: str | os.PathLike[str], arch: str, metadata: Mapping[str, Any], tensors: Sequence[TensorSpec], *,
+               fill: str = "random", seed: int = 0, alignment: int = 32,
+               progress: Callable[[int, int], None] | None = None,
+               data: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Write one GGUF file: `general.architecture` = arch, then `metadata` (full keys to Python
+    values; types inferred, or `(value, GGUFValueType.X)`), then `tensors` in order.
+
+    progress(bytes_done, bytes_total) is called as tensor data is written. `data` gives the
+    contents of some tensors (float values to encode, or raw uint8 blocks) for fill="random".
+    """
+    _check_inputs(arch, metadata, tensors, fill, alignment, data)
+    return _write_files([Path(path)], arch, metadata, [list(tensors)], False,
+                        fill=fill, seed=seed, alignment=alignment, progress=progress, data=data)[0]
+
+
+def split_paths(path_prefix: str | os.PathLike[str], n_splits: int) -> list[Path]:
+    """`<prefix>-00001-of-0000N.gguf` ... as llama.cpp's llama_split_path names them."""
+    prefix = Path(path_prefix)
+    if prefix.suffix == ".gguf":
+        prefix = prefix.with_suffix("")
+    return [prefix.with_name(f"{prefix.name}-{i:05d}-of-{n_splits:05d}.gguf") for i in range(1, n_splits + 1)]
+
+
+def _split_groups(tensors: Sequence[TensorSpec], n_splits: int, alignment: int) -> list[list[TensorSpec]]:
+    """Consecutive runs of tensors of about equal bytes, none empty (gguf-split refuses empty shards)."""
+    total = data_size(tensors, alignment)
+    groups: list[list[TensorSpec]] = [[] for _ in range(n_splits)]
+    before = 0
+    for i, spec in enumerate(tensors):
+        last = max((k for k, g in enumerate(groups) if g), default=-1)
+        shard = min(n_splits - 1, before * n_splits // max(total, 1))
+        shard = min(max(shard, last), last + 1)  # in order, skipping no shard
+        shard = max(shard, n_splits - (len(tensors) - i))  # leave a tensor for each shard after this one
+        groups[shard].append(spec)
+        before += _pad(spec.nbytes, alignment)
+    return groups
+
+
+def write_split_gguf(path_prefix: str | os.PathLike[str], arch: str, metadata: Mapping[str, Any],
+                     tensors: Sequence[TensorSpec], n_splits: int, *, fill: str = "random", seed: int = 0,
+                     alignment: int = 32, progress: Callable[[int, int], None] | None = None,
+                     data: Mapping[str, np.ndarray] | None = None) -> list[Path]:
+    """The same model as write_gguf, split as llama.cpp's gguf-split does: every shard has its own
+    header with the tensors it holds and split.no / split.count / split.tensors.count; the metadata
+    is in the first shard only. Tensor data is the same bytes the unsplit file would hold."""
+    _check_inputs(arch, metadata, tensors, fill, alignment, data)
+    if not 1 <= n_splits <= len(tensors):
+        raise BadInput(f"cannot split {len(tensors)} tensors into {n_splits} files",
+                       "use between 1 and the number of tensors")
+    return _write_files(split_paths(path_prefix, n_splits), arch, metadata,
+                        _split_groups(tensors, n_splits, alignment), True,
+                        fill=fill, seed=seed, alignment=alignment, progress=progress, data=data)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer: the Qwen2/Qwen3 byte-level BPE shipped in moecli/data (see moecli/data/README.md)
+
+QWEN_EOS = 151645  # <|im_end|>: Qwen chat models end a turn (and generation) there
+QWEN_BOS = QWEN_PAD = 151643  # <|endoftext|>
+
+# Qwen3's added tokens from 151643 (tokenizer_config.json): "special" ones are CONTROL tokens in
+# llama.cpp's GGUFs, the others USER_DEFINED.
+_QWEN3_ADDED = [
+    ("<|endoftext|>", 3), ("<|im_start|>", 3), ("<|im_end|>", 3), ("<|object_ref_start|>", 3),
+    ("<|object_ref_end|>", 3), ("<|box_start|>", 3), ("<|box_end|>", 3), ("<|quad_start|>", 3),
+    ("<|quad_end|>", 3), ("<|vision_start|>", 3), ("<|vision_end|>", 3), ("<|vision_pad|>", 3),
+    ("<|image_pad|>", 3), ("<|video_pad|>", 3), ("<tool_call>", 4), ("</tool_call>", 4),
+    ("<|fim_prefix|>", 3), ("<|fim_middle|>", 3), ("<|fim_suffix|>", 3), ("<|fim_pad|>", 3),
+    ("<|repo_name|>", 3), ("<|file_sep|>", 3), ("<tool_response>", 4), ("</tool_response>", 4),
+    ("<think>", 4), ("</think>", 4),
+]
+QWEN3_VOCAB = 151936  # Qwen2/Qwen3 embedding rows (the tokenizer pads with [PAD<i>] up to here)
+_DATA = Path(__file__).parent / "data"
+
+
+@lru_cache(maxsize=1)
+def _qwen_bpe() -> tuple[list[str], list[str]]:
+    with lzma.open(_DATA / "qwen-bpe.json.xz", "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    return data["tokens"], data["merges"]
+
+
+def chat_template(name: str) -> str:
+    """A shipped chat template: "qwen3" (Qwen3, <think> handling) or "qwen3.5" (Qwen3.5/3.6)."""
+    files = {"qwen3": "qwen3-chat-template.jinja", "qwen3.5": "qwen3.5-chat-template.jinja"}
+    if name not in files:
+        raise BadInput(f"unknown chat template {name!r}", f"use one of: {', '.join(files)}")
+    return (_DATA / files[name]).read_text(encoding="utf-8")
+
+
+def qwen_tokenizer_metadata(n_vocab: int = QWEN3_VOCAB, *, pre: str = "qwen2", template: str = "qwen3") -> dict[str, Any]:
+    """tokenizer.* keys for the Qwen3 vocabulary, padded to n_vocab entries.
+
+    Rows up to 151,936 are padded as Qwen's own tokenizer does ([PAD<i>], USER_DEFINED); rows past
+    it (a model with a larger embedding, like Qwen3.5/3.6's 248,320) are UNUSED tokens, which
+    llama.cpp's vocab loader accepts and keeps out of its special-token cache (src/llama-vocab.cpp).
+    """
+    bpe, merges = _qwen_bpe()
+    n_base = len(bpe) + len(_QWEN3_ADDED)
+    if n_vocab < n_base:
+        raise BadInput(f"a vocabulary of {n_vocab} is smaller than the {n_base} Qwen tokens",
+                       f"use n_vocab >= {n_base}")
+    tokens = bpe + [t for t, _ in _QWEN3_ADDED] + [f"[PAD{i}]" for i in range(n_base, n_vocab)]
+    types = ([1] * len(bpe) + [k for _, k in _QWEN3_ADDED] + [4] * max(0, min(n_vocab, QWEN3_VOCAB) - n_base)
+             + [5] * max(0, n_vocab - max(n_base, QWEN3_VOCAB)))
+    return {
+        Keys.Tokenizer.MODEL: "gpt2",
+        Keys.Tokenizer.PRE: pre,
+        Keys.Tokenizer.LIST: tokens,
+        Keys.Tokenizer.TOKEN_TYPE: (types, GGUFValueType.INT32),
+        Keys.Tokenizer.MERGES: merges,
+        Keys.Tokenizer.EOS_ID: QWEN_EOS,
+        Keys.Tokenizer.PAD_ID: QWEN_PAD,
+        Keys.Tokenizer.BOS_ID: QWEN_BOS,
+        Keys.Tokenizer.ADD_BOS: False,
+        Keys.Tokenizer.CHAT_TEMPLATE: chat_template(template),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# quantization mixes, after llama.cpp's src/llama-quant.cpp
+
+QUANTS = ("Q4_K_M", "Q8_0", "Q4_0", "F16", "BF16")
+_FTYPE = {"Q4_K_M": 15, "Q8_0": 7, "Q4_0": 2, "F16": 1, "BF16": 32}  # llama_ftype / gguf.LlamaFileType
+_DEFAULT_TYPE = {"Q4_K_M": "Q4_K", "Q8_0": "Q8_0", "Q4_0": "Q4_0", "F16": "F16", "BF16": "BF16"}
+# tensor_type_fallback: a row that is not whole blocks of a 256-block type takes a 32-block type
+_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+# convert_hf_to_gguf keeps these in F32 whatever the output type (conversion/base.py)
+_ALWAYS_F32 = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "ssm_conv1d.weight")
+
+
+def _layer_of(name: str) -> int:
+    m = re.match(r"blk\.(\d+)\.", name)
+    return int(m.group(1)) if m else -1
+
+
+def _sort_like_llama(names: Sequence[str]) -> list[str]:
+    """The order of llama_model_loader's weights_map (layer, then name), which llama-quantize
+    writes and counts in."""
+    return sorted(names, key=lambda n: (_layer_of(n), n))
+
+
+def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
+    """tensor_allows_quantization() for the tensors our presets make."""
+    return (len(shape) >= 2 and name.endswith("weight") and not name.endswith("_norm.weight")
+            and not name.endswith(_ALWAYS_F32))
+
+
+def _use_more_bits(i_layer: int, n_layers: int) -> bool:
+    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
+
+
+def _fallback(type_name: str, ne0: int) -> str:
+    block = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][0]
+    if ne0 % block == 0:
+        return type_name
+    new = _FALLBACK.get(type_name, type_name)
+    if ne0 % GGML_QUANT_SIZES[GGMLQuantizationType[new]][0]:
+        new = "F16"
+    return new
+
+
+def apply_quant(shapes: Mapping[str, tuple[int, ...]], quant: str, *, n_expert: int, n_layer_all: int) -> list[TensorSpec]:
+    """Types for each tensor as `llama-quantize <F16/BF16 file> <quant>` picks them (no imatrix,
+    no overrides), in llama-quantize's output order.
+
+    Shapes are ggml order. Non-quantizable tensors (1-D, norms, the router, conv1d, ssm_a, biases)
+    are F32 as convert_hf_to_gguf writes them.
+    """
+    if quant not in QUANTS:
+        raise BadInput(f"unknown quantization {quant!r}", f"use one of: {', '.join(QUANTS)}")
+    default = _DEFAULT_TYPE[quant]
+    names = _sort_like_llama(list(shapes))
+    attn_v_like = ("attn_v.weight", "attn_qkv.weight", "attn_kv_b.weight")  # category_is_attn_v
+    n_attention_wv = sum(1 for n in names if any(k in n for k in attn_v_like))
+    i_attention_wv = 0
+    specs = []
+    for name in names:
+        shape = tuple(shapes[name])
+        if not _quantizable(name, shape):
+            specs.append(TensorSpec(name, shape, "F32"))
+            continue
+        new = default
+        quantized = default not in ("F16", "BF16", "F32")
+        if quantized and name == "output.weight":
+            if shape[0] % GGML_QUANT_SIZES[GGMLQuantizationType[default]][0]:
+                new = "Q8_0"
+            elif default != "Q8_0":
+                new = "Q6_K"
+        elif quantized and any(k in name for k in attn_v_like):
+            if quant == "Q4_K_M" and _use_more_bits(i_attention_wv, n_attention_wv):
+                new = "Q6_K"
+            if n_expert == 8:  # "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+                new = "Q8_0"
+            i_attention_wv += 1
+        elif quantized and "attn_k.weight" in name and n_expert == 8:
+            new = "Q8_0"
+        elif quantized and "ffn_down" in name and name != "output.weight":
+            if quant == "Q4_K_M" and _use_more_bits(_layer_of(name), n_layer_all):
+                new = "Q6_K"
+        elif quantized and "attn_output.weight" in name and n_expert == 8 and quant == "Q4_K_M":
+            new = "Q5_K"
+        if quantized:
+            new = _fallback(new, shape[0])
+        specs.append(TensorSpec(name, shape, new))
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# architectures
+
+
+@dataclass(frozen=True)
+class Qwen35MoeConfig:
+    """Hyperparameters of a `qwen35moe` model; the defaults are Qwen3.6-35B-A3B.
+
+    Sources: /work/shared/facts/qwen36-35b-a3b.md and llama.cpp's src/models/qwen35moe.cpp and
+    conversion/qwen.py (Qwen3_5MoeTextModel). The Gated DeltaNet shapes follow llama.cpp:
+    key heads = ssm.group_count, value heads = ssm.time_step_rank, head dim = ssm.state_size.
+    """
+
+    n_layer: int = 40
+    n_embd: int = 2048
+    n_vocab: int = 248_320
+    n_ctx_train: int = 262_144
+    n_head: int = 16
+    n_head_kv: int = 2
+    head_dim: int = 256
+    n_expert: int = 256
+    n_expert_used: int = 8
+    n_ff_exp: int = 512
+    n_ff_shexp: int = 512
+    ssm_d_conv: int = 4
+    ssm_n_group: int = 16  # Gated DeltaNet QK heads
+    ssm_dt_rank: int = 32  # Gated DeltaNet V heads
+    ssm_d_state: int = 128  # Gated DeltaNet head dim
+    full_attention_interval: int = 4  # every 4th layer is full attention: 3 DeltaNet + 1 attention
+    rope_freq_base: float = 10_000_000.0
+    partial_rotary_factor: float = 0.25  # rope.dimension_count = head_dim * 0.25 = 64
+    rope_sections: tuple[int, int, int, int] = (11, 11, 10, 0)  # conversion/qwen.py default mrope_section
+    rms_norm_eps: float = 1e-6
+    n_mtp: int = 0  # MTP/NextN blocks after the trunk (published GGUFs of Qwen3.6 have none)
+
+    def is_recurrent(self, il: int) -> bool:
+        return il < self.n_layer and (il + 1) % self.full_attention_interval != 0
+
+
+def qwen35moe_shapes(c: Qwen35MoeConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor llama.cpp's qwen35moe loader creates (load_arch_tensors), ggml order."""
+    key_dim = c.ssm_d_state * c.ssm_n_group
+    value_dim = c.ssm_d_state * c.ssm_dt_rank
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (c.n_embd, c.n_vocab),
+        "output_norm.weight": (c.n_embd,),
+        "output.weight": (c.n_embd, c.n_vocab),
+    }
+    for il in range(c.n_layer + c.n_mtp):
+        b = f"blk.{il}."
+        shapes[b + "attn_norm.weight"] = (c.n_embd,)
+        shapes[b + "post_attention_norm.weight"] = (c.n_embd,)
+        if c.is_recurrent(il):
+            shapes[b + "attn_qkv.weight"] = (c.n_embd, key_dim * 2 + value_dim)
+            shapes[b + "attn_gate.weight"] = (c.n_embd, value_dim)
+            shapes[b + "ssm_conv1d.weight"] = (c.ssm_d_conv, key_dim * 2 + value_dim)
+            shapes[b + "ssm_dt.bias"] = (c.ssm_dt_rank,)
+            shapes[b + "ssm_a"] = (c.ssm_dt_rank,)
+            shapes[b + "ssm_beta.weight"] = (c.n_embd, c.ssm_dt_rank)
+            shapes[b + "ssm_alpha.weight"] = (c.n_embd, c.ssm_dt_rank)
+            shapes[b + "ssm_norm.weight"] = (c.ssm_d_state,)
+            shapes[b + "ssm_out.weight"] = (value_dim, c.n_embd)
+        else:  # gated attention: attn_q holds the query and its output gate (2 x head_dim per head)
+            shapes[b + "attn_q.weight"] = (c.n_embd, c.head_dim * c.n_head * 2)
+            shapes[b + "attn_k.weight"] = (c.n_embd, c.head_dim * c.n_head_kv)
+            shapes[b + "attn_v.weight"] = (c.n_embd, c.head_dim * c.n_head_kv)
+            shapes[b + "attn_output.weight"] = (c.head_dim * c.n_head, c.n_embd)
+            shapes[b + "attn_q_norm.weight"] = (c.head_dim,)
+            shapes[b + "attn_k_norm.weight"] = (c.head_dim,)
+        shapes[b + "ffn_gate_inp.weight"] = (c.n_embd, c.n_expert)
+        shapes[b + "ffn_gate_exps.weight"] = (c.n_embd, c.n_ff_exp, c.n_expert)
+        shapes[b + "ffn_up_exps.weight"] = (c.n_embd, c.n_ff_exp, c.n_expert)
+        shapes[b + "ffn_down_exps.weight"] = (c.n_ff_exp, c.n_embd, c.n_expert)
+        shapes[b + "ffn_gate_inp_shexp.weight"] = (c.n_embd,)
+        shapes[b + "ffn_gate_shexp.weight"] = (c.n_embd, c.n_ff_shexp)
+        shapes[b + "ffn_up_shexp.weight"] = (c.n_embd, c.n_ff_shexp)
+        shapes[b + "ffn_down_shexp.weight"] = (c.n_ff_shexp, c.n_embd)
+        if il >= c.n_layer:  # the MTP block's own tensors (load_block_mtp)
+            shapes[b + "nextn.eh_proj.weight"] = (2 * c.n_embd, c.n_embd)
+            shapes[b + "nextn.enorm.weight"] = (c.n_embd,)
+            shapes[b + "nextn.hnorm.weight"] = (c.n_embd,)
+            shapes[b + "nextn.shared_head_norm.weight"] = (c.n_embd,)
+    return shapes
+
+
+def qwen35moe_metadata(c: Qwen35MoeConfig) -> dict[str, Any]:
+    """The {arch}.* keys convert_hf_to_gguf writes for Qwen3_5MoeForCausalLM and llama.cpp reads."""
+    a = "qwen35moe"
+    md: dict[str, Any] = {
+        f"{a}.block_count": c.n_layer + c.n_mtp,
+        f"{a}.context_length": c.n_ctx_train,
+        f"{a}.embedding_length": c.n_embd,
+        f"{a}.attention.head_count": c.n_head,
+        f"{a}.attention.head_count_kv": c.n_head_kv,
+        f"{a}.attention.key_length": c.head_dim,
+        f"{a}.attention.value_length": c.head_dim,
+        f"{a}.attention.layer_norm_rms_epsilon": c.rms_norm_eps,
+        f"{a}.rope.freq_base": c.rope_freq_base,
+        f"{a}.rope.dimension_count": int(c.head_dim * c.partial_rotary_factor),
+        f"{a}.rope.dimension_sections": (list(c.rope_sections), GGUFValueType.INT32),
+        f"{a}.expert_count": c.n_expert,
+        f"{a}.expert_used_count": c.n_expert_used,
+        f"{a}.expert_feed_forward_length": c.n_ff_exp,
+        f"{a}.expert_shared_feed_forward_length": c.n_ff_shexp,
+        f"{a}.ssm.conv_kernel": c.ssm_d_conv,
+        f"{a}.ssm.state_size": c.ssm_d_state,
+        f"{a}.ssm.group_count": c.ssm_n_group,
+        f"{a}.ssm.time_step_rank": c.ssm_dt_rank,
+        f"{a}.ssm.inner_size": c.ssm_d_state * c.ssm_dt_rank,
+        f"{a}.full_attention_interval": c.full_attention_interval,
+    }
+    if c.n_mtp:
+        md[f"{a}.nextn_predict_layers"] = c.n_mtp
+    return md
+
+
+@dataclass(frozen=True)
+class Qwen3Config:
+    """A dense `qwen3` model (src/models/qwen3.cpp); the defaults are a tiny test model."""
+
+    n_layer: int = 2
+    n_embd: int = 256
+    n_vocab: int = QWEN3_VOCAB
+    n_ctx_train: int = 4096
+    n_head: int = 4
+    n_head_kv: int = 2
+    head_dim: int = 64
+    n_ff: int = 512
+    rope_freq_base: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+
+
+def qwen3_shapes(c: Qwen3Config) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (c.n_embd, c.n_vocab),
+        "output_norm.weight": (c.n_embd,),
+        "output.weight": (c.n_embd, c.n_vocab),
+    }
+    for il in range(c.n_layer):
+        b = f"blk.{il}."
+        shapes[b + "attn_norm.weight"] = (c.n_embd,)
+        shapes[b + "attn_q.weight"] = (c.n_embd, c.head_dim * c.n_head)
+        shapes[b + "attn_k.weight"] = (c.n_embd, c.head_dim * c.n_head_kv)
+        shapes[b + "attn_v.weight"] = (c.n_embd, c.head_dim * c.n_head_kv)
+        shapes[b + "attn_output.weight"] = (c.head_dim * c.n_head, c.n_embd)
+        shapes[b + "attn_q_norm.weight"] = (c.head_dim,)
+        shapes[b + "attn_k_norm.weight"] = (c.head_dim,)
+        shapes[b + "ffn_norm.weight"] = (c.n_embd,)
+        shapes[b + "ffn_gate.weight"] = (c.n_embd, c.n_ff)
+        shapes[b + "ffn_up.weight"] = (c.n_embd, c.n_ff)
+        shapes[b + "ffn_down.weight"] = (c.n_ff, c.n_embd)
+    return shapes
+
+
+def qwen3_metadata(c: Qwen3Config) -> dict[str, Any]:
+    a = "qwen3"
+    return {
+        f"{a}.block_count": c.n_layer,
+        f"{a}.context_length": c.n_ctx_train,
+        f"{a}.embedding_length": c.n_embd,
+        f"{a}.feed_forward_length": c.n_ff,
+        f"{a}.attention.head_count": c.n_head,
+        f"{a}.attention.head_count_kv": c.n_head_kv,
+        f"{a}.attention.key_length": c.head_dim,
+        f"{a}.attention.value_length": c.head_dim,
+        f"{a}.attention.layer_norm_rms_epsilon": c.rms_norm_eps,
+        f"{a}.rope.freq_base": c.rope_freq_base,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes and presets
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """Everything needed to write a model: architecture, metadata, tensors (in file order) and
+    the given contents of some tensors (the rest is filled at write time)."""
+
+    arch: str
+    metadata: Mapping[str, Any] = field(repr=False)
+    tensors: tuple[TensorSpec, ...]
+    data: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes of tensor data (the file adds its header and alignment padding)."""
+        return sum(t.nbytes for t in self.tensors)
+
+    def write(self, path: str | os.PathLike[str], *, fill: str = "random", seed: int = 0, splits: int = 1,
+              progress: Callable[[int, int], None] | None = None) -> list[Path]:
+        """Write the model as one file (splits=1) or as gguf-split shards named from `path`."""
+        if splits == 1:
+            return [write_gguf(path, self.arch, self.metadata, self.tensors, fill=fill, seed=seed,
+                               progress=progress, data=self.data)]
+        return write_split_gguf(path, self.arch, self.metadata, self.tensors, splits, fill=fill, seed=seed,
+                                progress=progress, data=self.data)
+
+
+# The first words of the usual "most common English words" lists: the demo model's output head
+# favours them, so its random text reads as words.
+_COMMON_WORDS = (
+    "the of and to a in is it you that he was for on are with as his they be at one have this from or "
+    "had by word but what some we can out other were all there when up use your how said an each she "
+    "which do their time if will way about many then them write would like so these her long make thing "
+    "see him two has look more day could go come did number sound no most people my over know water "
+    "than call first who may down side been now find any new work part take get place made live where "
+    "after back little only round man year came show every good me give our under name very through just "
+    "form sentence great think say help low line turn cause much mean before move right boy old too same "
+    "tell does set three want air well also play small end put home read hand port large spell add even "
+    "land here must big high such follow act why ask men change went light kind off need house picture "
+    "try us again animal point mother world near build self earth father head stand own page should "
+    "country found answer school grow study still learn plant cover food sun four between state keep eye "
+    "never last let thought city tree cross farm hard start might story saw far sea draw left late run "
+    "while press close night real life few north open seem together next white children begin got walk "
+    "example ease paper group always music those both mark often letter until mile river car feet care "
+    "second book carry took science eat room friend began idea fish mountain stop once base hear horse "
+    "cut sure watch color face wood main enough plain girl usual young ready above ever red list though "
+    "feel talk bird soon body dog family direct pose leave song measure door product black short numeral "
+    "class wind question happen complete ship area half rock order fire south problem piece told knew "
+    "pass since top whole king space heard best hour better true during hundred five remember step early "
+    "hold west ground interest reach fast verb sing listen six table travel less morning ten simple"
+).split()
+
+
+def _q4_0_rows_with_head(head: np.ndarray, n_cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Raw Q4_0 blocks of a (len(head), n_cols) matrix whose elements 0 and 1 are head[:, 0:2]
+    (each 0 or +-max of its row, so Q4_0 holds them exactly; elements 2-31 are 0); the other
+    blocks are random weights."""
+    n_rows = len(head)
+    blocks = random_blocks("Q4_0", n_rows * (n_cols // 32), rng).reshape(n_rows, n_cols // 32, 18)
+    d = np.abs(head).max(axis=1) / 7.0  # w = d * (q - 8): +-max is q = 15 or 1
+    safe = np.where(d > 0, d, 1.0)
+    q = (8 + np.rint(head / safe[:, None])).astype(np.uint8)
+    first = blocks[:, 0, :]
+    first[:, 0:2] = _f16(d.astype(np.float16))
+    first[:, 2:] = 0x88  # every nibble 8: weight 0
+    first[:, 2] = 0x80 | q[:, 0]  # qs[j]: element j in the low nibble, j + 16 in the high one
+    first[:, 3] = 0x80 | q[:, 1]
+    return blocks
+
+
+def _readable_vocab_tensors(n_embd: int, n_vocab: int, n_layer: int, seed: int) -> dict[str, np.ndarray]:
+    """A cheap trick (no training) so the demo's random text reads as words and ends by itself.
+
+    Every token embedding has the constant 0.5 on dimension 0; it survives to the final norm,
+    where the output head's column 0 turns it into a bias toward common English words,
+    punctuation and, a little, <|im_end|>. The other dimensions stay random, so the choice among
+    those words depends on the context. The newline that ends the generation prompt
+    ("<|im_start|>assistant\n") carries -0.5 on dimension 1, which <|im_end|> reads negatively:
+    replies are not empty. The layers' input norms have a zero gain on dimensions 0 and 1, so the
+    layers never see these constants (otherwise every token would pick the same experts).
+    """
+    rng = np.random.default_rng(_seed_for(seed, "readable-vocab"))
+    tokens, _ = _qwen_bpe()
+    index = {t: i for i, t in enumerate(tokens)}
+    out_head = np.zeros((n_vocab, 2), dtype=np.float32)
+    for rank, word in enumerate(_COMMON_WORDS):
+        token = index.get("Ġ" + word)
+        if token is not None:
+            out_head[token, 0] = 0.30 - 0.012 * np.log1p(rank)
+    out_head[index[","], 0] = out_head[index["."], 0] = 0.27
+    out_head[QWEN_EOS] = 0.28  # replies of ~10-100 tokens end on their own (tried 0.25-0.29)
+    embd_head = np.zeros((n_vocab, 2), dtype=np.float32)
+    embd_head[:, 0] = 0.5
+    embd_head[index["Ċ"], 1] = -0.5  # "\n"
+    data = {
+        "token_embd.weight": _q4_0_rows_with_head(embd_head, n_embd, rng),
+        "output.weight": _q4_0_rows_with_head(out_head, n_embd, rng),
+    }
+    gain = np.ones(n_embd, dtype=np.float32)
+    gain[:2] = 0.0
+    for il in range(n_layer):
+        data[f"blk.{il}.attn_norm.weight"] = gain
+        data[f"blk.{il}.post_attention_norm.weight"] = gain
+    return data
+
+
+PRESETS = ("qwen3.6-35b-a3b", "demo", "qwen3-tiny")
+
+_DEMO_CONFIG = Qwen35MoeConfig(
+    n_layer=4, n_embd=256, n_vocab=QWEN3_VOCAB, n_ctx_train=32_768, n_head=4, n_head_kv=2, head_dim=64,
+    n_expert=16, n_expert_used=4, n_ff_exp=256, n_ff_shexp=256, ssm_n_group=2, ssm_dt_rank=4, ssm_d_state=64,
+    rope_sections=(3, 3, 2, 0),  # head_dim 64 x 0.25 = 16 rotary dims: sections sum to 8 pairs
+)
+
+
+def _config(base: Any, overrides: Mapping[str, Any]) -> Any:
+    names = {f.name for f in fields(base)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise BadInput(f"unknown hyperparameter(s) {', '.join(unknown)} for this preset",
+                       f"use some of: {', '.join(sorted(names))}")
+    for key, value in overrides.items():
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise BadInput(f"{key} must be positive, got {value}", "give a positive number")
+    return replace(base, **overrides)
+
+
+def build_recipe(preset: str, quant: str | None = None, *, tokenizer: bool = True, seed: int = 0,
+                 **overrides: Any) -> ModelRecipe:
+    """A model of a preset: "qwen3.6-35b-a3b" (Qwen3.6-35B-A3B's exact shapes, Q4_K_M by default),
+    "demo" (the tiny qwen35moe chat model) or "qwen3-tiny" (a tiny dense qwen3). Hyperparameters
+    of the preset's config class can be overridden (n_layer=4, n_expert=16, ...)."""
+    if preset not in PRESETS:
+        raise BadInput(f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
+    if preset == "qwen3-tiny":
+        c3 = _config(Qwen3Config(), overrides)
+        arch, shapes, md = "qwen3", qwen3_shapes(c3), qwen3_metadata(c3)
+        n_expert, n_layer_all, n_vocab, n_embd = 0, c3.n_layer, c3.n_vocab, c3.n_embd
+        name, template, pre, default_quant = "moecli tiny dense qwen3", "qwen3", "qwen2", "Q4_K_M"
+    else:
+        base = Qwen35MoeConfig() if preset == "qwen3.6-35b-a3b" else _DEMO_CONFIG
+        c = _config(base, overrides)
+        if c.n_expert_used > c.n_expert:
+            raise BadInput(f"{c.n_expert_used} experts used of {c.n_expert}", "n_expert_used must be <= n_expert")
+        arch, shapes, md = "qwen35moe", qwen35moe_shapes(c), qwen35moe_metadata(c)
+        n_expert, n_layer_all, n_vocab, n_embd = c.n_expert, c.n_layer + c.n_mtp, c.n_vocab, c.n_embd
+        if preset == "demo":
+            name, template, pre = "moecli demo (tiny random qwen35moe)", "qwen3", "qwen2"
+        else:
+            name, template, pre = "Qwen3.6-35B-A3B (synthetic, random weights)", "qwen3.5", "qwen35"
+        default_quant = "Q4_K_M"
+    quant = quant or default_quant
+    specs = apply_quant(shapes, quant, n_expert=n_expert, n_layer_all=n_layer_all)
+    data: dict[str, np.ndarray] = {}
+    if preset == "demo" and n_embd % 32 == 0 and n_vocab <= QWEN3_VOCAB and tokenizer:
+        data = _readable_vocab_tensors(n_embd, n_vocab, n_layer_all, seed)
+        vocab_tensors = ("token_embd.weight", "output.weight")
+        specs = [TensorSpec(s.name, s.shape, "Q4_0") if s.name in vocab_tensors else s for s in specs]
+    metadata: dict[str, Any] = {
+        Keys.General.TYPE: "model",
+        Keys.General.NAME: name,
+        Keys.General.FILE_TYPE: _FTYPE[quant],
+    }
+    if quant not in ("F16", "BF16"):
+        metadata[Keys.General.QUANTIZATION_VERSION] = 2  # GGML_QNT_VERSION
+    metadata.update(md)
+    if tokenizer:
+        metadata.update(qwen_tokenizer_metadata(n_vocab, pre=pre, template=template))
+    return ModelRecipe(arch, metadata, tuple(specs), data)
+
+
+# ---------------------------------------------------------------------------------------------
+# the demo model
+
+DEMO_VERSION = 1  # bump when the demo recipe changes: the file name carries it, so a new one is built
+DEMO_FILENAME = f"moecli-demo-v{DEMO_VERSION}.gguf"
+_DEMO_PATTERN = re.compile(r"moecli-demo-v(\d+)\.gguf")
+
+
+def demo_recipe() -> ModelRecipe:
+    recipe = build_recipe("demo")
+    metadata = dict(recipe.metadata)
+    metadata[Keys.General.VERSION] = f"moecli-demo-v{DEMO_VERSION}"
+    return replace(recipe, metadata=metadata)
+
+
+def ensure_demo_model(directory: Path | None = None) -> Path:
+    """The demo model's path, building it (deterministically, offline, in about a second) if it is
+    not there yet. Older versions of it in the directory are removed."""
+    from moecli import paths
+    from moecli.errors import StoreError
+
+    directory = Path(directory) if directory is not None else paths.models_dir()
+    path = directory / DEMO_FILENAME
+    if path.is_file():
+        return path
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        demo_recipe().write(path, fill="random", seed=0)
+        for old in directory.iterdir():
+            m = _DEMO_PATTERN.fullmatch(old.name)
+            if m and int(m.group(1)) != DEMO_VERSION:
+                old.unlink(missing_ok=True)
+    except PermissionError as e:
+        raise StoreError(f"cannot write the demo model in {directory}: {e.strerror}",
+                         "set MOECLI_HOME to a writable directory") from None
+    return path
