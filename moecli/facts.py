@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
+KV_CELL_PAD = 256  # llama_context pads the KV cell count to a multiple of 256
+
+
 class Role(str, Enum):
     """What a tensor does, which decides where it is worth keeping."""
 
@@ -22,6 +25,7 @@ class Role(str, Enum):
     NORM = "norm"
     EMBEDDING = "embedding"  # token_embd: a row lookup per token
     OUTPUT = "output"  # the output head (lm_head)
+    MTP = "mtp"  # blk.N with N >= n_layer: MTP/NextN draft blocks, loaded only with load_mtp (default off)
     OTHER = "other"
 
 
@@ -62,6 +66,13 @@ class KvLayer:
     n_embd_k: int  # n_head_kv * head_dim_k (MLA: kv_lora_rank + rope dim)
     n_embd_v: int  # n_head_kv * head_dim_v (0 where V is a view of K, as in MLA)
     window: int | None = None  # sliding-window layers cache at most this many tokens
+
+    def cells(self, n_cells: int, n_ubatch: int = 512) -> int:
+        """The cells this layer keeps out of the context's n_cells: all of them, or for a
+        sliding-window layer at most GGML_PAD(window + n_ubatch, 256) (llama-kv-cache-iswa.cpp)."""
+        if not self.window:
+            return n_cells
+        return min(n_cells, -(-(self.window + n_ubatch) // KV_CELL_PAD) * KV_CELL_PAD)
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,8 @@ class ModelFacts:
         The token embedding counts once per token as a row, not as a matrix."""
         total = 0
         for t in self.tensors:
+            if t.role is Role.MTP:
+                continue  # not part of the forward pass (llama.cpp skips loading them by default)
             if t.role is Role.EXPERT:
                 total += t.n_params * self.n_expert_used // max(self.n_expert, 1)
             elif t.role is Role.EMBEDDING:
@@ -119,14 +132,14 @@ class ModelFacts:
         """The layers that hold routed experts, in order."""
         return tuple(sorted({t.layer for t in self.tensors if t.role is Role.EXPERT and t.layer is not None}))
 
-    def kv_bytes(self, n_ctx: int, type_k: str = "f16", type_v: str = "f16", n_seq: int = 1) -> int:
-        """Bytes of KV cache for n_ctx cells (llama.cpp pads the cell count to 256: see
-        `llama_kv_cache` / get_padding; the caller passes the padded value if it wants it)."""
+    def kv_bytes(self, n_ctx: int, type_k: str = "f16", type_v: str = "f16", n_ubatch: int = 512) -> int:
+        """Bytes of KV cache for n_ctx cells. llama.cpp pads the cell count to 256 (llama_context);
+        the caller passes the padded value when it wants llama.cpp's exact figure."""
         from moecli.ggml import row_bytes  # local: keep this module free of heavy imports
 
         total = 0
         for kv in self.kv_layers:
-            cells = min(n_ctx, kv.window * n_seq) if kv.window else n_ctx
+            cells = kv.cells(n_ctx, n_ubatch)
             total += row_bytes(type_k, kv.n_embd_k) * cells
             if kv.n_embd_v:
                 total += row_bytes(type_v, kv.n_embd_v) * cells
