@@ -22,7 +22,8 @@ def data_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Partial downloads and other files that can be made again."""
+    """Files that can be made again (the measured RAM bandwidth, ...). Partial downloads are not
+    here: they sit beside their final place in the Hugging Face cache, so finishing one is a rename."""
     root = home()
     return root / "cache" if root else Path(platformdirs.user_cache_dir(APP))
 

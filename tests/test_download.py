@@ -1,0 +1,138 @@
+"""moecli.download.fetch: the resumable, hashed transfer of one file, against tests/hubserver.py."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+import pytest
+from hubserver import SHARDS, TINY_REPO, git_blob_id, hub, hub_server, tiny_files  # noqa: F401 - fixtures
+
+from moecli.download import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
+from moecli.errors import DownloadError
+
+FAST = TransferOptions(backoff=0.0)
+
+
+def url_of(hub, path: str) -> str:
+    return f"{hub.url}/{TINY_REPO}/resolve/main/{path}"
+
+
+def target(hub, path: str):
+    return hub.repos[TINY_REPO].files[path]
+
+
+def run(hub, path, partial, options=FAST, **kw):
+    """fetch() one file of the tiny repo; returns the byte counts reported to each callback."""
+    seen = {"bytes": 0, "rehash": 0, "restart": 0}
+    served = target(hub, path)
+    digest = Digest("sha256", served.sha256) if served.lfs else Digest("git-sha1", served.oid)
+    fetch(url_of(hub, path), partial, label=path, size=served.size, digest=digest, headers={},
+          on_bytes=lambda n: seen.__setitem__("bytes", seen["bytes"] + n),
+          on_rehash=lambda n: seen.__setitem__("rehash", seen["rehash"] + n),
+          on_restart=lambda n: seen.__setitem__("restart", seen["restart"] + n), options=options, **kw)
+    return seen
+
+
+def test_fetch_writes_and_verifies_a_whole_file(hub, tmp_path):
+    partial = tmp_path / ("blob" + PARTIAL_SUFFIX)
+    seen = run(hub, SHARDS[0], partial)
+    assert partial.read_bytes() == target(hub, SHARDS[0]).read_all()
+    assert seen == {"bytes": target(hub, SHARDS[0]).size, "rehash": 0, "restart": 0}
+
+
+def test_fetch_resumes_a_partial_file_from_an_earlier_run(hub, tmp_path):
+    data = target(hub, SHARDS[1]).read_all()
+    partial = tmp_path / "p"
+    partial.write_bytes(data[:600_000])
+    seen = run(hub, SHARDS[1], partial)
+    assert hub.sent(SHARDS[1]) == len(data) - 600_000
+    assert seen == {"bytes": len(data) - 600_000, "rehash": 600_000, "restart": 0}
+    assert partial.read_bytes() == data
+
+
+def test_a_complete_partial_file_is_only_verified(hub, tmp_path):
+    partial = tmp_path / "p"
+    partial.write_bytes(target(hub, SHARDS[2]).read_all())
+    run(hub, SHARDS[2], partial)
+    assert hub.requests == []
+
+
+def test_a_partial_file_longer_than_the_file_starts_over(hub, tmp_path):
+    partial = tmp_path / "p"
+    partial.write_bytes(bytes(target(hub, SHARDS[2]).size + 10))
+    run(hub, SHARDS[2], partial)
+    assert hub.sent(SHARDS[2]) == target(hub, SHARDS[2]).size
+    assert partial.read_bytes() == target(hub, SHARDS[2]).read_all()
+
+
+def test_a_partial_file_with_wrong_bytes_fails_verification_and_is_removed(hub, tmp_path):
+    partial = tmp_path / "p"
+    partial.write_bytes(b"\0" * 1000)  # e.g. a crash that left zeros behind
+    with pytest.raises(DownloadError) as err:
+        run(hub, SHARDS[0], partial)
+    assert SHARDS[0] in err.value.message and "pull again" in err.value.hint
+    assert not partial.exists()
+
+
+def test_a_small_git_file_is_checked_against_its_git_blob_id(hub, tmp_path):
+    partial = tmp_path / "p"
+    run(hub, "README.md", partial)  # served by the Hub itself (no CDN redirect), ETag = git blob id
+    assert git_blob_id(partial.read_bytes()) == target(hub, "README.md").oid
+
+
+def test_dropped_connections_are_resumed_without_resending_bytes(hub, tmp_path):
+    hub.drop(SHARDS[0], 100_000, 200_000, 1)
+    partial = tmp_path / "p"
+    seen = run(hub, SHARDS[0], partial)
+    assert hub.sent(SHARDS[0]) == target(hub, SHARDS[0]).size
+    assert seen["bytes"] == target(hub, SHARDS[0]).size
+    ranges = [r.range for r in hub.requests if r.host.startswith("localhost")]
+    assert ranges == ["bytes=0-", "bytes=100000-", "bytes=300000-", "bytes=300001-"]
+
+
+def test_connections_that_bring_nothing_give_up_with_the_partial_file_kept(hub, tmp_path):
+    hub.drop(SHARDS[0], 70_000, 0, 0, 0)
+    partial = tmp_path / "p"
+    with pytest.raises(DownloadError) as err:
+        run(hub, SHARDS[0], partial, options=TransferOptions(retries=2, backoff=0.0))
+    assert "stopped at 68.36 KiB of" in err.value.message and "resumes" in err.value.hint
+    assert partial.stat().st_size == 70_000
+
+
+def test_retries_back_off_exponentially(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    waits = []
+    with pytest.raises(DownloadError, match="stopped at 0 B of 10 B"):
+        fetch(f"http://127.0.0.1:{port}/x", tmp_path / "p", label="x", size=10, digest=Digest("sha256", "0" * 64),
+              headers={}, on_bytes=lambda n: None, options=TransferOptions(retries=4, backoff=1.0), sleep=waits.append)
+    assert waits == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_a_server_ignoring_range_restarts_the_file(hub, tmp_path):
+    data = target(hub, SHARDS[1]).read_all()
+    partial = tmp_path / "p"
+    partial.write_bytes(data[:1000])
+    hub.faults.ignore_range.add(SHARDS[1])
+    seen = run(hub, SHARDS[1], partial)
+    assert seen["restart"] == 1000 and partial.read_bytes() == data
+
+
+def test_digests():
+    data = b"hello moecli"
+    assert Digest("git-sha1", git_blob_id(data)).new(len(data)).hexdigest() != git_blob_id(data)  # seeded, not fed
+    hasher = Digest("git-sha1", "").new(len(data))
+    hasher.update(data)
+    assert hasher.hexdigest() == git_blob_id(data)
+    with pytest.raises(ValueError):
+        Digest("md5", "").new(1)
+
+
+def test_hash_file(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 20_000_000)
+    done = []
+    assert hash_file(path, Digest("sha256", ""), 20_000_000, done.append) == hashlib.sha256(b"x" * 20_000_000).hexdigest()
+    assert sum(done) == 20_000_000
