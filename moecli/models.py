@@ -1,0 +1,84 @@
+"""Where a model name points — `demo`, a local GGUF, a pulled model, or a Hub repo not pulled yet —
+and what the planner says of it on this machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from moecli import gguf, hub, planner, synth
+from moecli.errors import DoesNotFit, MoecliError, StoreError
+from moecli.facts import MachineFacts, ModelFacts
+
+DEMO = "demo"
+
+
+@dataclass(frozen=True)
+class Located:
+    name: str  # what the user typed
+    files: tuple[Path, ...] | None  # local files, first shard first; None when only on the Hub
+    remote: hub.RemoteGGUF | None = None  # the Hub's copy, readable by range requests
+    remote_name: str | None = None  # org/repo:TAG of the remote copy
+
+    @property
+    def path(self) -> Path:
+        assert self.files, "a remote model has no local path"
+        return self.files[0]
+
+
+def locate(name: str, *, remote_ok: bool = False, machine: MachineFacts | None = None) -> Located:
+    """Local first (the demo model, a path, a pulled model); else, where `remote_ok`, the Hub file
+    that `moecli pull NAME` would fetch (read by range requests: nothing is downloaded)."""
+    if name == DEMO:
+        return Located(name, (synth.ensure_demo_model(),))
+    files = hub.locate(name)
+    if files:
+        return Located(name, files)
+    if not remote_ok:
+        raise StoreError(f"{name} is not pulled yet", f"pull it first: moecli pull {name}")
+    ref = hub.parse_ref(name)
+    listing = hub.list_repo(ref)
+    choice = hub.choose(listing, ref, fits_on(machine) if machine is not None else None)
+    return Located(name, None, hub.remote_gguf(choice.candidate), choice.candidate.name)
+
+
+def read_facts(located: Located) -> ModelFacts:
+    if located.files:
+        return gguf.read_model(located.files[0], source=located.name)
+    assert located.remote is not None
+    return gguf.read_model(located.remote.urls[0], headers=located.remote.headers,
+                           source=located.remote_name or located.name)
+
+
+def fits_on(machine: MachineFacts) -> hub.Fits:
+    """The planner's verdict on a Hub candidate, from its remote header: does it fit this
+    machine's VRAM + RAM with a useful context (llama.cpp's fitter keeps at least 4096)?"""
+
+    def fits(candidate: hub.Candidate) -> tuple[bool, str]:
+        remote = hub.remote_gguf(candidate)
+        try:
+            facts = gguf.read_model(remote.urls[0], headers=remote.headers, source=candidate.name)
+            plan = planner.plan(facts, machine, planner.Wishes(n_ctx=planner.DEFAULT_CTX))
+        except DoesNotFit as exc:
+            return False, exc.message
+        except MoecliError as exc:
+            return False, f"cannot plan it: {exc.message}"
+        return fits_verdict(plan)
+
+    return fits
+
+
+def fits_verdict(plan: planner.Plan) -> tuple[bool, str]:
+    """One line for people: fits or not, and the figure that decides it."""
+    if not plan.fits:
+        over = [d for d in plan.devices if not d.fits]
+        return False, "; ".join(f"needs {_gib(d.total)} on {d.device}, has {_gib(d.budget or 0)}" for d in over) or "does not fit"
+    if any("page" in w for w in plan.warnings):
+        return False, "the weights kept in RAM do not fit RAM: the OS would page from disk"
+    gpu = plan.gpu
+    where = f"{_gib(gpu.total)} of {_gib(gpu.budget or 0)} VRAM, " if gpu else ""
+    return True, f"{where}{_gib(plan.cpu.total)} of RAM at {plan.params.n_ctx} tokens of context"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"

@@ -1,0 +1,108 @@
+"""One output object per command, chosen once: rich on a terminal, plain text when stdout is a pipe
+or a file (no escape codes), JSON for scripts. Commands call it; they never test `if json:` for
+every line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from moecli.errors import MoecliError
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@dataclass
+class Output:
+    """Where a command's results go. `json_mode` prints only JSON on stdout; everything for people
+    (progress, notes) then goes to stderr."""
+
+    json_mode: bool = False
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+    stderr: TextIO = field(default_factory=lambda: sys.stderr)
+
+    def __post_init__(self) -> None:
+        self.is_terminal = _is_tty(self.stdout) and not self.json_mode
+        plain = not self.is_terminal
+        no_color = plain or bool(os.environ.get("NO_COLOR"))
+        # A pipe gets plain text: no colours, no cursor tricks, and lines as long as they need to be.
+        self.console = Console(
+            file=self.stdout,
+            force_terminal=self.is_terminal,
+            no_color=no_color,
+            color_system=None if no_color else "auto",
+            highlight=False,
+            width=None if self.is_terminal else 200,
+            soft_wrap=plain,
+        )
+        err_tty = _is_tty(self.stderr)
+        self.err = Console(
+            file=self.stderr,
+            force_terminal=err_tty,
+            no_color=not err_tty or bool(os.environ.get("NO_COLOR")),
+            highlight=False,
+            width=None if err_tty else 200,
+            soft_wrap=not err_tty,
+        )
+
+    # --- for people -------------------------------------------------------------------------
+    def print(self, *objects: Any, style: str | None = None) -> None:
+        """A line for people: on stdout normally, on stderr in JSON mode (stdout is for the JSON)."""
+        target = self.err if self.json_mode else self.console
+        target.print(*objects, style=style)
+
+    def note(self, text: str) -> None:
+        """A side remark (dim on a terminal); always on stderr so pipelines only see results."""
+        self.err.print(text, style="dim")
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"warning: {text}", style="yellow")
+
+    def error(self, err: MoecliError) -> None:
+        self.err.print(f"error: {err.message}", style="bold red", markup=False)
+        if err.hint:
+            self.err.print(f"  hint: {err.hint}", style="red", markup=False)
+
+    def table(self, title: str | None, columns: list[str], rows: list[list[Any]], *, justify: dict | None = None) -> Table:
+        table = Table(title=title, box=box.SIMPLE_HEAVY if self.is_terminal else box.SIMPLE, title_justify="left")
+        for name in columns:
+            table.add_column(name, justify=(justify or {}).get(name, "left"))
+        for row in rows:
+            table.add_row(*(str(cell) for cell in row))
+        return table
+
+    # --- for scripts --------------------------------------------------------------------------
+    def json(self, obj: Any) -> None:
+        self.stdout.write(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+        self.stdout.flush()
+
+    def raw(self, text: str) -> None:
+        """Text exactly as given (flags, CSV): no wrapping, no markup."""
+        self.stdout.write(text if text.endswith("\n") else text + "\n")
+        self.stdout.flush()
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "value"):  # enums
+        return obj.value
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
