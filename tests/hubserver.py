@@ -32,6 +32,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -132,6 +133,7 @@ class Faults:
     corrupt_at: dict[str, int] = field(default_factory=dict)
     stall_after: dict[str, int] = field(default_factory=dict)
     ignore_range: set[str] = field(default_factory=set)  # answer 200 with the whole file, as some CDNs do
+    rate: float | None = None  # bytes/s each response is paced to (a link slower than loopback)
     release: threading.Event = field(default_factory=threading.Event)
 
     def clear(self) -> None:
@@ -501,7 +503,10 @@ class _Handler(BaseHTTPRequestHandler):
         if limit is None and stall is None and corrupt is None and served.source is not None:
             self.wfile.flush()
             with open(served.source, "rb") as f:
-                sent = self.connection.sendfile(f, start, end - start)
+                if faults.rate is None:
+                    sent = self.connection.sendfile(f, start, end - start)
+                else:
+                    sent = self._paced_sendfile(f, start, end, faults.rate)
             self.hub._count(served.path, sent)
             return
         budget = end - start
@@ -522,6 +527,16 @@ class _Handler(BaseHTTPRequestHandler):
             if stall is not None and (limit is None or stall <= limit):
                 faults.release.wait(timeout=60)
             self._drop()
+
+    def _paced_sendfile(self, f, start: int, end: int, rate: float) -> int:
+        """sendfile in 1 MiB steps, never ahead of `rate` bytes/s since the first byte."""
+        began, pos = time.monotonic(), start
+        while pos < end:
+            pos += self.connection.sendfile(f, pos, min(1 << 20, end - pos))
+            ahead = (pos - start) / rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+        return pos - start
 
     def _drop(self) -> None:
         """Close the connection mid-body: the client sees fewer bytes than Content-Length."""
@@ -653,19 +668,21 @@ def hub(hub_server, monkeypatch) -> HubServer:
 
 
 # -- throughput: moecli's transfer against curl, from this server (not a test) ---------------------
-def _serve_forever(path: Path) -> None:
+def _serve_forever(path: Path, rate: float | None) -> None:
     """Serve `path` as bench/Big-GGUF:Q4_K_M; print the resolve URL and the sha256, then wait."""
     import sys
 
     with HubServer() as hub:
+        hub.faults.rate = rate
         hub.add_repo("bench/Big-GGUF", {"Big-Q4_K_M.gguf": path})
         served = hub.repos["bench/Big-GGUF"].files["Big-Q4_K_M.gguf"]
         print(f"{hub.url}/bench/Big-GGUF/resolve/main/Big-Q4_K_M.gguf {served.sha256}", flush=True)
         sys.stdin.read()  # until the parent closes our stdin
 
 
-def bench(size: int, runs: int, workdir: Path) -> None:
-    """Serve a sparse file of `size` bytes from a separate process and download it, alternately,
+def bench(size: int, runs: int, workdir: Path, rate: float | None = None) -> None:
+    """Serve a sparse file of `size` bytes from a separate process (paced to `rate` bytes/s, as a
+    real link would be, when given) and download it, alternately,
     with `curl -o`, with `curl -o` then `sha256sum` (the same guarantee moecli gives), and with
     moecli.download.fetch (which hashes as it writes). Prints MiB/s per run, medians, and the CPU
     seconds each client spent per GiB. Outputs are deleted before each run, so that none pays for
@@ -684,7 +701,8 @@ def bench(size: int, runs: int, workdir: Path) -> None:
     source = workdir / "served.gguf"
     with open(source, "wb") as f:
         f.truncate(size)
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(source)], stdin=subprocess.PIPE,
+    pace = ["--rate-mib", str(rate / (1 << 20))] if rate else []
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(source), *pace], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         url, sha = server.stdout.readline().split()
@@ -743,9 +761,11 @@ if __name__ == "__main__":
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "moecli-hub-bench")
+    parser.add_argument("--rate-mib", type=float, help="pace the server to this many MiB/s (a real link)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    rate = args.rate_mib * (1 << 20) if args.rate_mib else None
     if args.serve:
-        _serve_forever(args.serve)
+        _serve_forever(args.serve, rate)
     else:
-        bench(args.size_mib << 20, args.runs, args.dir)
+        bench(args.size_mib << 20, args.runs, args.dir, rate)
