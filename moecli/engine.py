@@ -1153,29 +1153,23 @@ class Engine:
             self._bench_end()
 
     def bench_prompt(self, n_prompt: int, *, depth: int = 0, seed: int = 0) -> float:
-        """Seconds for one repetition of llama-bench's pp test (`-p n_prompt [-d depth]`): clear the
-        KV cache, evaluate `depth` random tokens untimed, then time test_prompt."""
-        self._bench_begin(depth + n_prompt)
-        try:
-            rng = random.Random(seed)
-            if depth:
-                self._test_prompt(depth, rng)
-            t0 = time.perf_counter_ns()
-            self._test_prompt(n_prompt, rng)
-            return (time.perf_counter_ns() - t0) / 1e9
-        finally:
-            self._bench_end()
+        """Seconds for one repetition of llama-bench's pp test (`-p n_prompt [-d depth]`)."""
+        return self._timed(self._test_prompt, n_prompt, depth, seed)
 
     def bench_gen(self, n_gen: int, *, depth: int = 0, seed: int = 0) -> float:
-        """Seconds for one repetition of llama-bench's tg test (`-n n_gen [-d depth]`): clear the
-        KV cache, evaluate `depth` random tokens untimed, then time test_gen."""
-        self._bench_begin(depth + n_gen)
+        """Seconds for one repetition of llama-bench's tg test (`-n n_gen [-d depth]`)."""
+        return self._timed(self._test_gen, n_gen, depth, seed)
+
+    def _timed(self, test: Callable[[int, random.Random], None], n: int, depth: int, seed: int) -> float:
+        """One repetition as llama-bench runs it: clear the KV cache, evaluate `depth` random tokens
+        untimed, then time the test."""
+        self._bench_begin(depth + n)
         try:
             rng = random.Random(seed)
             if depth:
                 self._test_prompt(depth, rng)
             t0 = time.perf_counter_ns()
-            self._test_gen(n_gen, rng)
+            test(n, rng)
             return (time.perf_counter_ns() - t0) / 1e9
         finally:
             self._bench_end()
