@@ -1114,16 +1114,20 @@ class _Search:
         return _where(m, ngl, cpu_expert_layers=cpu_layers, cpu_expert_tensors=cpu_tensors)
 
     def fill_experts(self, setup: _Setup) -> tuple[tuple[int, ...], tuple[int, tuple[str, ...]] | None]:
-        """Whole layers' experts from the last layer down while they fit, then the subset of the
-        next layer's expert tensors with the most bytes that still fits."""
+        """The most whole layers' experts that fit, counted from the last layer down (llama.cpp's
+        --n-cpu-moe keeps a prefix of layers on the CPU), then the subset of the next layer's expert
+        tensors with the most bytes that still fits. Every prefix is tried, fewest CPU layers first:
+        fit is not monotonic in the last steps, because the GPU's compute buffer holds a copy of the
+        largest CPU-resident expert tensor for prompt batches, and that copy goes away (or shrinks)
+        as the last CPU layers move over."""
         m = self.m
-        on_gpu: list[int] = []
-        for layer in reversed(m.expert_layers):
-            trial = (layer, *on_gpu)
-            if not self.gpu_account(setup, self.placed(self.all_layers, trial, None)).fits_gpu:
+        layers = m.expert_layers
+        gpu_layers: tuple[int, ...] = ()
+        for n_cpu in range(len(layers) + 1):
+            trial = tuple(layers[n_cpu:])
+            if self.gpu_account(setup, self.placed(self.all_layers, trial, None)).fits_gpu:
+                gpu_layers = trial
                 break
-            on_gpu = list(trial)
-        gpu_layers = tuple(on_gpu)
         remaining = [layer for layer in m.expert_layers if layer not in gpu_layers]
         if not remaining:
             return gpu_layers, None

@@ -254,6 +254,21 @@ def test_partial_layer_is_expressed_as_overrides_llama_cpp_understands():
             t.name for t in model.tensors if t.layer == layer and t.role is Role.EXPERT}
 
 
+def test_all_experts_on_the_gpu_when_they_fit_though_all_but_one_layer_would_not():
+    # With experts on the CPU the GPU's compute buffer also holds a copy of the largest CPU expert
+    # tensor for prompt batches; once every expert is on the GPU that copy is gone. So a budget can
+    # hold all experts but not all-but-one-layer: the planner must try the whole set.
+    model = moe_model(n_layer=4, n_embd=512, n_ff_exp=1024, n_expert=32, n_vocab=1024)
+    machine = with_gpu(8 * GiB, overhead=64 * MiB)
+    wishes = Wishes(n_ctx=1024, margin=0)
+    all_gpu = evaluate(model, machine, LlamaParams(n_ctx=1024, load_mode="none"), wishes).gpu.total
+    one_cpu = evaluate(model, machine, LlamaParams(n_ctx=1024, n_cpu_moe=1, load_mode="none"), wishes).gpu.total
+    assert one_cpu > all_gpu, "the premise: one CPU layer costs more GPU memory than none"
+    p = plan(model, machine, replace(wishes, vram_budget=all_gpu))
+    assert p.fits and p.gpu.total <= all_gpu
+    assert not experts(p, "CPU") and p.params.n_cpu_moe == 0 and not p.params.cpu_moe
+
+
 def test_a_partial_layer_keeps_an_experts_bias_with_its_weight():
     model = moe_model(n_layer=6, n_embd=512, n_ff_exp=512, n_expert=16, n_vocab=1024, expert_bias=True)
     plans = [plan(model, with_gpu(v * MiB, overhead=64 * MiB), Wishes(n_ctx=1024)) for v in range(400, 440)]
