@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from moecli.params import EXPS_REGEX, LlamaParams, TensorOverride
+from moecli.planner import Plan, neighbours
 
 # llama-bench's own CSV/JSON field names, in its order, then ours.
 FIELDS = (
@@ -40,6 +41,28 @@ def stdev(values: Sequence[float]) -> float:
         return 0.0
     m = mean(values)
     return math.sqrt(max(sum((v - m) ** 2 for v in values) / (len(values) - 1), 0.0))
+
+
+# Repetitions "agree" when every one is within this factor of their median. Runs on one machine
+# differ by a few percent to ~20 % (decode at ~60 tok/s varied by 2-12 tok/s between runs on the
+# team's H100 machine, facts/gpu-build.md); a repetition twice as slow or as fast as the median
+# means something else used the machine meanwhile.
+AGREE_FACTOR = 2.0
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    if not n:
+        return 0.0
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def agree(samples: Sequence[float], factor: float = AGREE_FACTOR) -> bool:
+    """Whether every sample is within `factor` of the samples' median (so one outlier is caught
+    whichever side it falls on, and a few repetitions are enough to judge)."""
+    m = median(samples)
+    return m > 0 and all(m / factor <= s <= m * factor for s in samples)
 
 
 @dataclass(frozen=True)
@@ -144,6 +167,21 @@ class BenchSpec:
     n_gen: int = 128  # llama-bench -n
     n_depth: int = 0  # llama-bench -d
     reps: int = 5  # llama-bench -r
+
+
+def sweep(plan: Plan, fits: Callable[[LlamaParams], bool],
+          label: str = "plan") -> tuple[list[tuple[str, LlamaParams]], list[str]]:
+    """`moecli bench --sweep`: the plan (named `label`) and its neighbours (planner.neighbours: +-1-2
+    expert layers on the GPU, all experts on the CPU, a naive layer split, the other load mode),
+    keeping those that `fits(params)` accepts; also the labels of those left out. A configuration
+    that does not fit is not loaded: on a GPU it would fail to allocate, or slow the machine down."""
+    configs, left_out = [(label, plan.params)], []
+    for name, params in neighbours(plan)[1:]:  # [0] is the plan itself
+        if fits(params):
+            configs.append((name, params))
+        else:
+            left_out.append(name)
+    return configs, left_out
 
 
 def run_config(path: Path, label: str, params: LlamaParams, spec: BenchSpec, *,

@@ -3,6 +3,10 @@ the model's chat template, slash commands, Ctrl-C stops a reply, Ctrl-D leaves.
 
 The terminal is injected (an `Output` and a line reader), so tests drive the real code path; a few
 pseudo-terminal tests cover what only a real terminal shows.
+
+Thinking (Qwen3's `<think>…</think>`) is shown dimmed, or hidden (`--hide-thinking`: a status line
+says the model is thinking). Qwen3.5/3.6 templates open the `<think>` in the prompt itself, so the
+reply starts inside the thinking without a tag of its own: the rendered prompt says which.
 """
 
 from __future__ import annotations
@@ -16,25 +20,32 @@ from dataclasses import dataclass, field
 from rich.live import Live
 from rich.text import Text
 
+from moecli.errors import MoecliError
 from moecli.output import Output
 
 HELP = """\
 /help           this help
 /reset          forget the conversation (keeps the system prompt)
-/system TEXT    set the system prompt and start over
+/system TEXT    set the system prompt and start over (/system alone shows it)
 /stats          figures of the last reply and of the session
 /exit           leave (also Ctrl-D)
-Ctrl-C stops the reply being written."""
+Ctrl-C stops the reply being written; at the prompt it clears the line."""
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
-class ThinkSplitter:
-    """Splits streamed text into ("think", text) and ("answer", text) parts at Qwen3's
-    `<think>`/`</think>` tags, which may arrive split over several pieces."""
+def opens_thinking(prompt: str) -> bool:
+    """Whether a rendered prompt ends inside an open `<think>` (the Qwen3.5 template's generation
+    prompt is `<|im_start|>assistant\\n<think>\\n` unless enable_thinking is false)."""
+    return prompt.rfind(THINK_OPEN) > prompt.rfind(THINK_CLOSE)
 
-    def __init__(self) -> None:
-        self.thinking = False
+
+class ThinkSplitter:
+    """Splits streamed text into ("think", text) and ("answer", text) parts at `<think>`/`</think>`
+    tags, which may arrive split over several pieces. `thinking`: the stream starts inside one."""
+
+    def __init__(self, thinking: bool = False) -> None:
+        self.thinking = thinking
         self._pending = ""
 
     def feed(self, piece: str) -> Iterator[tuple[str, str]]:
@@ -81,7 +92,8 @@ class ReplyFigures:
     predicted_n: int
     predicted_per_second: float
     ttft_ms: float
-    stopped: bool = False
+    stopped: bool = False  # Ctrl-C
+    context_full: bool = False
 
     def line(self) -> str:
         text = (
@@ -89,10 +101,14 @@ class ReplyFigures:
             f"generation {self.predicted_n} tok, {self.predicted_per_second:.1f} tok/s · "
             f"first token {self.ttft_ms / 1000:.2f} s"
         )
-        return text + (" · stopped" if self.stopped else "")
+        if self.stopped:
+            text += " · stopped"
+        if self.context_full:
+            text += " · the context is full: /reset starts over"
+        return text
 
 
-def figures_of(timings, stopped: bool = False) -> ReplyFigures:
+def figures_of(timings, stopped: bool = False, stop_reason: str | None = None) -> ReplyFigures:
     return ReplyFigures(
         prompt_n=timings.prompt_n,
         prompt_per_second=timings.prompt_per_second,
@@ -100,13 +116,15 @@ def figures_of(timings, stopped: bool = False) -> ReplyFigures:
         predicted_per_second=timings.predicted_per_second,
         ttft_ms=timings.ttft_ms,
         stopped=stopped,
+        context_full=stop_reason == "context_full",
     )
 
 
 @contextmanager
 def ctrl_c_sets(flag: list[bool]):
-    """While a reply streams, Ctrl-C only raises a flag the engine polls between tokens: a
-    KeyboardInterrupt inside llama.cpp's decode would leave the context in an unknown state."""
+    """While the block runs, Ctrl-C only raises a flag that the code polls (between tokens, between
+    load steps): a KeyboardInterrupt raised inside a llama.cpp callback would be lost (ctypes
+    prints and drops it) or leave llama.cpp's state unknown."""
 
     def handler(signum, frame):
         flag[0] = True
@@ -122,15 +140,58 @@ def ctrl_c_sets(flag: list[bool]):
         signal.signal(signal.SIGINT, previous)
 
 
+class _Counter:
+    """Counts the pieces of a stream (about one per token) and when the first came."""
+
+    def __init__(self, stream: Iterable[str]) -> None:
+        self._stream = stream
+        self.n = 0
+        self.first_at: float | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._stream:
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            self.n += 1
+            yield piece
+
+    def rate(self) -> float:
+        if self.first_at is None or self.n < 2:
+            return 0.0
+        return (self.n - 1) / max(time.perf_counter() - self.first_at, 1e-6)
+
+
+class _LiveStatus:
+    """What the live area shows, computed when rich refreshes it (8 times a second): the line being
+    written, then a dim status line. The main thread swaps `current` for a new Text; it never
+    changes one that rich may be rendering."""
+
+    def __init__(self, counter: _Counter) -> None:
+        self.counter = counter
+        self.current = Text()
+        self.thinking_hidden = False
+
+    def __rich__(self) -> Text:
+        c = self.counter
+        if c.first_at is None:
+            status = "waiting for the first token…"
+        else:
+            status = f"{c.rate():.1f} tok/s · {c.n} tok (live)"
+            if self.thinking_hidden:
+                status = "thinking… · " + status
+        return Text.assemble(self.current, "\n", Text(status, style="dim"))
+
+
 @dataclass
 class ChatSession:
     """A conversation with one loaded engine."""
 
-    engine: object  # moecli.engine.Engine (duck-typed: chat(messages, sampling, should_stop), last_timings)
+    engine: object  # moecli.engine.Engine: render_chat(), chat(), last_timings, last_stop_reason
     sampling: object
     out: Output
     system: str | None = None
     show_thinking: bool = True
+    template_kwargs: dict = field(default_factory=dict)  # e.g. enable_thinking (llama.cpp's --reasoning)
     messages: list[dict] = field(default_factory=list)
     history: list[ReplyFigures] = field(default_factory=list)
 
@@ -142,76 +203,105 @@ class ChatSession:
 
     # --- one reply -----------------------------------------------------------------------------
     def reply(self, user_text: str) -> ReplyFigures:
-        """Stream the model's answer to `user_text`, and remember both in the history."""
+        """Stream the model's answer to `user_text`, and remember both in the history. On an error
+        the history is as it was before."""
         self.messages.append({"role": "user", "content": user_text})
         stop = [False]
         pieces: list[str] = []
-        with ctrl_c_sets(stop):
-            stream = self.engine.chat(self.messages, self.sampling, should_stop=lambda: stop[0])
-            if self.out.is_terminal:
-                self._render_live(stream, pieces)
-            else:
-                self._render_plain(stream, pieces)
-        figures = figures_of(self.engine.last_timings, stopped=stop[0])
+        try:
+            thinking = opens_thinking(self.engine.render_chat(self.messages, **self.template_kwargs))
+            with ctrl_c_sets(stop):
+                stream = _Counter(self.engine.chat(self.messages, self.sampling, should_stop=lambda: stop[0],
+                                                   template_kwargs=self.template_kwargs))
+                if self.out.is_terminal:
+                    self._render_live(stream, pieces, thinking)
+                else:
+                    self._render_plain(stream, pieces, thinking)
+        except MoecliError:
+            self.messages.pop()
+            raise
+        figures = figures_of(self.engine.last_timings, stopped=stop[0], stop_reason=self.engine.last_stop_reason)
         self.history.append(figures)
-        self.messages.append({"role": "assistant", "content": "".join(pieces)})
+        # the opening tag the prompt wrote belongs to the reply: the template strips old thinking
+        text = "".join(pieces)
+        self.messages.append({"role": "assistant", "content": (THINK_OPEN + "\n" + text) if thinking else text})
         return figures
 
-    def _parts(self, stream: Iterable[str], pieces: list[str]) -> Iterator[tuple[str, str]]:
-        splitter = ThinkSplitter()
+    def _parts(self, stream: Iterable[str], pieces: list[str], thinking: bool) -> Iterator[tuple[str, str]]:
+        """(kind, text) parts; without the thinking shown, the blank lines after `</think>` go too."""
+        splitter = ThinkSplitter(thinking)
+        answer_started = False
+
+        def parts(kind: str, text: str) -> Iterator[tuple[str, str]]:
+            nonlocal answer_started
+            if kind == "answer" and not answer_started and not self.show_thinking:
+                text = text.lstrip()
+            if kind == "answer" and text:
+                answer_started = True
+            if text:
+                yield kind, text
+
         for piece in stream:
             pieces.append(piece)
-            yield from splitter.feed(piece)
-        yield from splitter.flush()
+            for kind, text in splitter.feed(piece):
+                yield from parts(kind, text)
+        for kind, text in splitter.flush():
+            yield from parts(kind, text)
 
-    def _render_plain(self, stream: Iterable[str], pieces: list[str]) -> None:
-        """No terminal: the answer as plain text, thinking included only when asked to show it."""
+    def _render_plain(self, stream: Iterable[str], pieces: list[str], thinking: bool) -> None:
+        """No terminal: plain text. Shown thinking keeps its tags (there is no dim in a pipe)."""
         write = self.out.stdout.write
-        for kind, text in self._parts(stream, pieces):
-            if kind == "answer" or self.show_thinking:
-                write(text)
-                self.out.stdout.flush()
+        state = "answer"
+        for kind, text in self._parts(stream, pieces, thinking):
+            if kind == "think" and not self.show_thinking:
+                continue
+            if kind != state and self.show_thinking:
+                write(THINK_OPEN if kind == "think" else THINK_CLOSE)
+                state = kind
+            write(text)
+            self.out.stdout.flush()
+        if state == "think":
+            write(THINK_CLOSE)
         write("\n")
+        self.out.stdout.flush()
 
-    def _render_live(self, stream: Iterable[str], pieces: list[str]) -> None:
-        """A terminal: finished lines are printed for good; the line being written and a live tok/s
-        figure stay in a small live area below them, so long replies scroll naturally."""
+    def _render_live(self, stream: _Counter, pieces: list[str], thinking: bool) -> None:
+        """A terminal: finished lines (ended by a newline, or full at the terminal's width) are
+        printed for good; the line being written and a live tok/s figure stay in a two-line live
+        area below them, so long replies scroll naturally."""
         console = self.out.console
-        current = Text()
-        first_at: float | None = None
-        n_pieces = 0
-
-        def status() -> Text:
-            if first_at is None:
-                live_line = Text("waiting for the first token…", style="dim")
-            else:
-                elapsed = max(time.perf_counter() - first_at, 1e-6)
-                rate = (n_pieces - 1) / elapsed if n_pieces > 1 else 0.0
-                live_line = Text(f"{rate:.1f} tok/s · {n_pieces} tok (live)", style="dim")
-            return Text.assemble(current, "\n", live_line)
-
-        with Live(status(), console=console, refresh_per_second=8, transient=True) as live:
-            for kind, text in self._parts(stream, pieces):
-                n_pieces += 1
-                if first_at is None:
-                    first_at = time.perf_counter()
-                if kind == "think" and not self.show_thinking:
+        status = _LiveStatus(stream)
+        with Live(status, console=console, refresh_per_second=8, transient=True) as live:
+            for kind, text in self._parts(stream, pieces, thinking):
+                hidden = kind == "think" and not self.show_thinking
+                if hidden != status.thinking_hidden:  # say at once that it thinks, or stopped thinking
+                    status.thinking_hidden = hidden
+                    live.refresh()
+                if hidden:
                     continue
                 style = "dim italic" if kind == "think" else None
+                current, finished = status.current.copy(), []
                 *done, rest = text.split("\n")
                 for line in done:
                     current.append(line, style=style)
-                    live.console.print(current)
+                    finished.append(current)
                     current = Text()
                 current.append(rest, style=style)
-                live.update(status())
-        if current.plain:
-            console.print(current)
+                width = max(console.width, 20)
+                if current.cell_len > width:
+                    *full, current = current.wrap(console, width)
+                    finished += full
+                status.current = current  # before printing: the live area redraws below what is printed
+                for line in finished:
+                    live.console.print(line)
+        if status.current.plain:
+            console.print(status.current)
 
 
 def run_repl(session: ChatSession, read_line: Callable[[str], str], out: Output) -> None:
-    """The loop: a prompt, a reply, until /exit or Ctrl-D. Ctrl-C at the prompt clears the line."""
-    out.print("Type a message, /help for commands, Ctrl-D to leave.", style="dim")
+    """The loop: a prompt, a reply, until /exit or Ctrl-D. Ctrl-C at the prompt clears the line; an
+    error in one turn is reported and the chat goes on."""
+    out.note("Type a message, /help for commands, Ctrl-D to leave.")
     while True:
         try:
             line = read_line(">>> ")
@@ -228,7 +318,11 @@ def run_repl(session: ChatSession, read_line: Callable[[str], str], out: Output)
             if handle_command(session, text, out) == "exit":
                 return
             continue
-        figures = session.reply(text)
+        try:
+            figures = session.reply(text)
+        except MoecliError as err:
+            out.error(err)
+            continue
         out.note(figures.line())
 
 
@@ -238,13 +332,13 @@ def handle_command(session: ChatSession, text: str, out: Output) -> str | None:
     if command in ("/exit", "/quit", "/bye"):
         return "exit"
     if command in ("/help", "/?"):
-        out.print(HELP)
+        out.print(Text(HELP))
     elif command == "/reset":
         session.reset()
         out.print("conversation cleared", style="dim")
     elif command == "/system":
         if not argument.strip():
-            out.print(f"system prompt: {session.system or '(none)'}", style="dim")
+            out.print(Text(f"system prompt: {session.system or '(none)'}", style="dim"))
         else:
             session.system = argument.strip()
             session.reset()
@@ -252,7 +346,7 @@ def handle_command(session: ChatSession, text: str, out: Output) -> str | None:
     elif command == "/stats":
         show_stats(session, out)
     else:
-        out.print(f"unknown command {command}; /help lists them", style="yellow")
+        out.print(Text(f"unknown command {command}; /help lists them", style="yellow"))
     return None
 
 

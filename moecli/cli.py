@@ -7,6 +7,7 @@ Flags keep llama.cpp's names and meanings (`-ngl`, `--n-cpu-moe`, `--cpu-moe`, `
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from contextlib import contextmanager
@@ -14,13 +15,31 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from moecli import __version__
 from moecli.errors import BadInput, DoesNotFit, EngineError, MoecliError, NotMoE
 from moecli.output import Output
 
+
+class _Commands(TyperGroup):
+    """The command group: a MoecliError from any command becomes one `error:` line (and a hint),
+    exit code err.exit_code, no traceback (MOECLI_DEBUG=1 shows it). Done here rather than around
+    `app()` so that typer's CliRunner, which invokes the group, sees what a user sees."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MoecliError as err:
+            if os.environ.get("MOECLI_DEBUG"):
+                raise
+            Output().error(err)
+            raise typer.Exit(err.exit_code) from None
+
+
 app = typer.Typer(
     name="moecli",
+    cls=_Commands,
     help="Run big Mixture-of-Experts models on small GPUs: plan where every tensor goes, pull GGUFs "
     "from the Hugging Face Hub, chat, and benchmark — through llama.cpp.",
     no_args_is_help=True,
@@ -55,17 +74,11 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's ow
 
 
 def main() -> None:
-    """Entry point: one line for a known error, a traceback only for bugs (or MOECLI_DEBUG=1)."""
-    out = Output()
+    """Entry point. Known errors are one line (see _Commands); Ctrl-C exits 130 (typer turns the
+    KeyboardInterrupt into that exit code); anything else is a bug and shows a traceback."""
     try:
         app(prog_name="moecli")
-    except MoecliError as err:
-        if os.environ.get("MOECLI_DEBUG"):
-            raise
-        out.error(err)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        out.err.print("interrupted", style="dim")
+    except KeyboardInterrupt:  # before typer runs (while importing)
         sys.exit(130)
 
 
@@ -131,6 +144,27 @@ def _placement_flags(ngl, ncmoe, cmoe, ot) -> dict | None:
     return flags
 
 
+def _check_flags(facts, machine, flags, *, planning: bool) -> None:
+    """Placement flags that cannot mean anything here, refused before anything is planned or loaded:
+    expert flags on a dense model, GPU placement without a GPU."""
+    if flags is None:
+        return
+    if (flags["cpu_moe"] or flags["n_cpu_moe"]) and not facts.is_moe:
+        raise NotMoE(f"{facts.name} is a dense model: --cpu-moe/--n-cpu-moe move expert tensors and it has none",
+                     "drop them; use -ngl to split its layers")
+    if machine.gpus:
+        return
+    gpu_flags = [name for name, given in (("-ngl", flags.get("n_gpu_layers") not in (None, 0)),
+                                          ("--n-cpu-moe", bool(flags["n_cpu_moe"])),
+                                          ("--cpu-moe", flags["cpu_moe"])) if given]
+    if gpu_flags:
+        if planning:
+            raise BadInput(f"{', '.join(gpu_flags)} place tensors between a GPU and the CPU, and the machine planned "
+                           "for has no GPU", "plan for one with --vram 6GiB or --profile NAME, or drop them")
+        raise EngineError(f"no GPU to load on: {', '.join(gpu_flags)} place tensors between a GPU and the CPU",
+                          "drop them to run on the CPU (or install llama-cpp-python with CUDA for the GPU)")
+
+
 def _plan(facts, machine, wishes, flags):
     """moecli's plan, or the user's own placement accounted for on top of it."""
     from moecli import planner
@@ -142,11 +176,8 @@ def _plan(facts, machine, wishes, flags):
         base = planner.plan(facts, machine, wishes).params
     except DoesNotFit:
         base = LlamaParams(n_ctx=wishes.n_ctx if isinstance(wishes.n_ctx, int) else planner.DEFAULT_CTX)
-    params = base.with_(n_gpu_layers=flags.get("n_gpu_layers", LlamaParams.n_gpu_layers), cpu_moe=flags["cpu_moe"],
+    params = base.with_(n_gpu_layers=flags.get("n_gpu_layers", base.n_gpu_layers), cpu_moe=flags["cpu_moe"],
                         n_cpu_moe=flags["n_cpu_moe"], tensor_overrides=flags["tensor_overrides"])
-    if (params.cpu_moe or params.n_cpu_moe) and not facts.is_moe:
-        raise NotMoE(f"{facts.name} is a dense model: --cpu-moe/--n-cpu-moe move expert tensors and it has none",
-                     "drop them; use -ngl to split its layers")
     return planner.evaluate(facts, machine, params, wishes)
 
 
@@ -161,22 +192,34 @@ def _status(out: Output, text: str):
 
 
 def _load_engine(out: Output, path: Path, params, verbose: bool):
+    """Load with a progress bar on a terminal. Ctrl-C while loading stops the load cleanly (exit 130):
+    it only raises a flag, which the progress callback turns into a cancelled load."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from moecli.chat import ctrl_c_sets
     from moecli.engine import Engine
 
     on_log = (lambda text: out.err.file.write(text)) if verbose else None
-    if not out.err.is_terminal:
-        return Engine.load(path, params, on_log=on_log)
-    with Progress(TextColumn("loading {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=out.err, transient=True) as progress:
-        task = progress.add_task(path.name, total=1.0)
-        return Engine.load(path, params, on_progress=lambda f: progress.update(task, completed=f), on_log=on_log)
+    interrupted = [False]
+    progress = Progress(TextColumn("loading {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                        TimeElapsedColumn(), console=out.err, transient=True, disable=not out.err.is_terminal)
+    task = progress.add_task(path.name, total=1.0)
+
+    def on_progress(fraction: float) -> None:
+        if interrupted[0]:
+            raise KeyboardInterrupt
+        progress.update(task, completed=fraction)
+
+    with progress, ctrl_c_sets(interrupted):
+        engine = Engine.load(path, params, on_progress=on_progress, on_log=on_log)
+    if interrupted[0]:  # after the weights: while the context was made
+        engine.close()
+        raise KeyboardInterrupt
+    return engine
 
 
-def _prepare_local(out: Output, model: str, machine_opts: tuple, wishes, flags):
-    """For run and bench: the local files, their facts, the machine as llama.cpp here can use it,
-    and the plan."""
+def _prepare_local(out: Output, model: str, machine_opts: tuple, flags):
+    """For run and bench: the local files, their facts, and the machine as llama.cpp here can use it."""
     from moecli import models
 
     with _status(out, "building the demo model…" if model == models.DEMO else "reading the model…"):
@@ -185,11 +228,8 @@ def _prepare_local(out: Output, model: str, machine_opts: tuple, wishes, flags):
     machine, note = _machine(*machine_opts, for_loading=True)
     if note:
         out.note(note)
-        if flags and (flags.get("n_gpu_layers") not in (None, 0) and flags["n_gpu_layers"] != -1 or flags["n_cpu_moe"] or flags["cpu_moe"]):
-            raise EngineError("no GPU: the placement flags (-ngl, --n-cpu-moe, --cpu-moe) need one",
-                              "drop them to run on the CPU, or install llama-cpp-python with CUDA")
-    plan = _plan(facts, machine, wishes, flags)
-    return located, facts, machine, plan
+    _check_flags(facts, machine, flags, planning=False)
+    return located, facts, machine
 
 
 # --- plan -------------------------------------------------------------------------------------------
@@ -204,9 +244,11 @@ def plan(
     mlock: MlockOpt = False, fa: FaOpt = None,
     ngl: NglOpt = None, ncmoe: NcmoeOpt = None, cmoe: CmoeOpt = False, ot: OtOpt = None,
 ) -> None:
-    """Show how MODEL fits this machine (or --profile / --vram / --ram): where every tensor goes,
-    memory per device, context and KV cache, expected speed, and the llama.cpp flags. Nothing is
-    loaded; a Hub model is read by range requests (its header only)."""
+    """Show how MODEL fits this machine, and the llama.cpp flags for it.
+
+    Where every tensor goes, memory per device, context and KV cache, expected decode speed, for
+    this machine or another (--profile, --vram, --ram, --cpu-only). Nothing is loaded; a model on
+    the Hub is read by range requests (its header only)."""
     from moecli import models, render
 
     out = Output(json_mode=json_out)
@@ -217,10 +259,12 @@ def plan(
     with _status(out, "reading the model header…"):
         located = models.locate(model, remote_ok=True, machine=machine)
         facts = models.read_facts(located)
+    _check_flags(facts, machine, flags, planning=True)
     the_plan = _plan(facts, machine, wishes, flags)
-    path = str(located.path) if located.files else (located.remote_name or model)
+    # a model still on the Hub: llama.cpp's own -hf fetches the same file
+    path, hf = (str(located.path), False) if located.files else (located.remote_name or model, True)
     if llama_args:
-        out.raw(render.llama_command(the_plan, path))
+        out.raw(render.llama_command(the_plan, path, hf=hf))
     elif json_out:
         out.json({"model": {"source": facts.source, "name": facts.name, "arch": facts.arch, "file_type": facts.file_type,
                             "n_params": facts.n_params, "n_active_params": facts.n_active_params, "n_bytes": facts.n_bytes,
@@ -228,7 +272,7 @@ def plan(
                             "n_ctx_train": facts.n_ctx_train, "is_moe": facts.is_moe},
                   "machine": machine, "plan": the_plan})
     else:
-        render.plan_report(out, the_plan, facts, machine, path)
+        render.plan_report(out, the_plan, facts, machine, path, hf=hf)
     if not the_plan.fits:
         raise typer.Exit(1)
 
@@ -246,7 +290,9 @@ def run(
     min_p: Annotated[Optional[float], typer.Option("--min-p", rich_help_panel="Sampling")] = None,
     repeat_penalty: Annotated[Optional[float], typer.Option("--repeat-penalty", rich_help_panel="Sampling")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", "-s", rich_help_panel="Sampling")] = None,
-    hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show <think>…</think>.")] = False,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at an end-of-generation token (only at -n or a full context).", rich_help_panel="Sampling")] = False,
+    hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the model's <think>…</think> (it still thinks).")] = False,
+    reasoning: Annotated[str, typer.Option("--reasoning", "-rea", help="Thinking: on, off (the template's enable_thinking=false) or auto (the template's default).")] = "auto",
     profile: ProfileOpt = None, vram: VramOpt = None, ram: RamOpt = None, cpu_only: CpuOnlyOpt = False, margin: MarginOpt = None,
     ctx: CtxOpt = None, ctk: CtkOpt = None, ctv: CtvOpt = None, no_kv_quant: NoKvQuantOpt = False, ub: UbOpt = None,
     b: BOpt = None, threads: ThreadsOpt = None, load_mode: LoadModeOpt = None, no_mmap: NoMmapOpt = False,
@@ -254,32 +300,43 @@ def run(
     ngl: NglOpt = None, ncmoe: NcmoeOpt = None, cmoe: CmoeOpt = False, ot: OtOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Chat with MODEL (or answer --prompt once), streaming tokens with live tokens/s. Loads with
-    moecli's plan unless you give llama.cpp placement flags."""
+    """Chat with MODEL, or answer --prompt once.
+
+    Streams the reply with a live tokens/s figure, then prompt and generation speed as llama.cpp
+    counted them. Loads with moecli's plan unless you give llama.cpp placement flags."""
     from moecli import chat, render
     from moecli.engine import Sampling
 
     out = Output()
+    if prompt is None and not sys.stdin.isatty():
+        raise BadInput("no terminal to chat in (stdin is not a terminal)", 'give the question with -p "..."')
+    # llama.cpp's -rea/--reasoning sets the template's enable_thinking the same way (common/arg.cpp)
+    thinking = {"on": {"enable_thinking": True}, "off": {"enable_thinking": False}, "auto": {}}.get(reasoning.lower())
+    if thinking is None:
+        raise BadInput(f"--reasoning {reasoning!r} is not on, off or auto", "e.g. --reasoning off")
+    typed = {k: v for k, v in dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                                   seed=seed, n_predict=n_predict).items() if v is not None}
+    Sampling(**typed)  # bad values are refused before the model is loaded
     wishes = _wishes(ctx=ctx, ctk=ctk, ctv=ctv, no_kv_quant=no_kv_quant, ub=ub, b=b, threads=threads,
                      load_mode=load_mode, no_mmap=no_mmap, mlock=mlock, fa=fa, vram=vram, margin=margin)
     flags = _placement_flags(ngl, ncmoe, cmoe, ot)
-    located, facts, machine, the_plan = _prepare_local(out, model, (profile, None, ram, cpu_only), wishes, flags)
+    located, facts, machine = _prepare_local(out, model, (profile, None, ram, cpu_only), flags)
+    the_plan = _plan(facts, machine, wishes, flags)
     for warning in the_plan.warnings:
         out.warn(warning)
     out.note(render.plan_summary(the_plan))
-    typed = {k: v for k, v in dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                                   seed=seed, n_predict=n_predict).items() if v is not None}
     engine = _load_engine(out, located.path, the_plan.params, verbose)
     with engine:
-        sampling = Sampling.from_model(engine.metadata, **typed)
-        session = chat.ChatSession(engine, sampling, out, system=system, show_thinking=not hide_thinking)
-        if prompt is not None:
-            figures = session.reply(prompt)
-            out.note(figures.line())
+        sampling = Sampling.from_model(engine.metadata, ignore_eos=ignore_eos, **typed)
+        session = chat.ChatSession(engine, sampling, out, system=system, show_thinking=not hide_thinking,
+                                   template_kwargs=thinking)
+        if prompt is None:
+            chat.run_repl(session, _read_line, out)
             return
-        if not sys.stdin.isatty():
-            raise BadInput("no terminal to chat in (stdin is not a terminal)", 'give the question with -p "..."')
-        chat.run_repl(session, _read_line, out)
+        figures = session.reply(prompt)
+        out.note(figures.line())
+        if figures.stopped:
+            raise typer.Exit(130)  # Ctrl-C, as a shell expects of an interrupted command
 
 
 def _read_line(prompt: str) -> str:
@@ -308,11 +365,24 @@ def bench(
     ngl: NglOpt = None, ncmoe: NcmoeOpt = None, cmoe: CmoeOpt = False, ot: OtOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Measure prompt (pp) and generation (tg) throughput of MODEL like llama-bench: mean ± stddev
-    over repetitions, with the placement, threads, context and peak RAM/VRAM of each row."""
+    """Measure prompt (pp) and generation (tg) speed like llama-bench.
+
+    Mean ± stddev over repetitions, with the placement, threads, context and peak RAM/VRAM of
+    each row; --json and --csv use llama-bench's field names.
+
+    Context: each configuration is loaded with the plan's context (-c, default 4096, raised to
+    n_prompt + n_gen + n_depth when a test needs more), i.e. what `moecli run` uses, so that the
+    peak memory figures are the ones a chat will need. llama-bench instead makes a context of exactly
+    n_prompt + n_gen + n_depth tokens. The speed is the same either way, because llama.cpp's
+    attention reads only the KV cells in use, padded to 256 (llama_kv_cache::get_n_kv); only the
+    KV cache's size differs. For llama-bench's context exactly, give -c n_prompt+n_gen+n_depth.
+    Every row records its n_ctx."""
+    from dataclasses import replace
+
     from moecli import bench as benchmod
     from moecli import machine as machinemod
     from moecli import planner, render
+    from moecli.chat import ctrl_c_sets
     from moecli.engine import Engine
 
     if json_out and csv_out:
@@ -323,29 +393,51 @@ def bench(
     wishes = _wishes(ctx=ctx, ctk=ctk, ctv=ctv, no_kv_quant=no_kv_quant, ub=ub, b=b, threads=threads,
                      load_mode=load_mode, no_mmap=no_mmap, mlock=mlock, fa=fa, vram=vram, margin=margin)
     flags = _placement_flags(ngl, ncmoe, cmoe, ot)
-    located, facts, machine, the_plan = _prepare_local(out, model, (profile, None, ram, cpu_only), wishes, flags)
-    configs = [("plan" if flags is None else "your flags", the_plan.params)]
+    located, facts, machine = _prepare_local(out, model, (profile, None, ram, cpu_only), flags)
+    if sweep and not facts.is_moe:
+        raise NotMoE(f"{facts.name} is a dense model: --sweep compares expert placements, and it has no experts",
+                     "bench it without --sweep")
+    if sweep and not machine.gpus:
+        raise EngineError("no GPU: --sweep compares expert placements between a GPU and the CPU",
+                          "bench without --sweep, or on a machine with a GPU")
+    the_plan = _plan(facts, machine, wishes, flags)
+    needed = n_prompt + n_gen + n_depth  # llama-bench's context for these tests
+    if the_plan.params.n_ctx < needed:
+        if ctx is not None:
+            raise BadInput(f"-c {the_plan.params.n_ctx} is too small for the tests: -p {n_prompt} -n {n_gen} -d {n_depth} "
+                           f"need {needed} tokens", f"give -c {needed} or more")
+        the_plan = _plan(facts, machine, replace(wishes, n_ctx=needed), flags)
+    label = "plan" if flags is None else "your flags"
+    configs = [(label, the_plan.params)]
     if sweep:
-        if not facts.is_moe:
-            raise NotMoE(f"{facts.name} is a dense model: --sweep compares expert placements",
-                         "bench it without --sweep")
-        if not machine.gpus:
-            raise EngineError("no GPU: --sweep compares placements between the GPU and the CPU",
-                              "bench without --sweep, or on a machine with a GPU")
-        configs += planner.neighbours(the_plan)
+        configs, left_out = benchmod.sweep(the_plan, lambda p: planner.evaluate(facts, machine, p, wishes).fits, label)
+        for name in left_out:
+            out.note(f"not measured: {name} does not fit the GPU")
     for warning in the_plan.warnings:
         out.warn(warning)
     out.note(render.plan_summary(the_plan))
     spec = benchmod.BenchSpec(n_prompt=n_prompt, n_gen=n_gen, n_depth=n_depth, reps=reps)
     vram_used = machinemod.vram_used_probe(machine.gpus[0].index) if machine.gpus else None
     on_log = (lambda text: out.err.file.write(text)) if verbose else None
+    interrupted = [False]
+
+    def check(*_) -> None:  # Ctrl-C only raises a flag (see chat.ctrl_c_sets); it acts here
+        if interrupted[0]:
+            raise KeyboardInterrupt
+
     results = []
-    for i, (label, params) in enumerate(configs, 1):
-        with _status(out, f"[{i}/{len(configs)}] {label}: loading and measuring…"):
-            results += benchmod.run_config(located.path, label, params, spec, vram_used=vram_used,
-                                           load=lambda p, prm: Engine.load(p, prm, on_log=on_log))
-        if not (json_out or csv_out):
-            out.note(f"[{i}/{len(configs)}] {label}: " + ", ".join(f"{r.test} {r.avg_ts:.2f} t/s" for r in results[-2:] if r.label == label))
+    with ctrl_c_sets(interrupted):
+        for i, (label, params) in enumerate(configs, 1):
+            with _status(out, f"[{i}/{len(configs)}] {label}: loading and measuring…"):
+                rows = benchmod.run_config(located.path, label, params, spec, vram_used=vram_used, on_rep=check,
+                                           load=lambda p, prm: Engine.load(p, prm, on_progress=check, on_log=on_log))
+            results += rows
+            out.note(f"[{i}/{len(configs)}] {label}: " + ", ".join(f"{r.test} {r.avg_ts:.2f} t/s" for r in rows))
+    check()
+    for r in results:
+        if not benchmod.agree(r.samples_ts):
+            out.warn(f"{r.label} {r.test}: the repetitions disagree ({min(r.samples_ts):.2f} to "
+                     f"{max(r.samples_ts):.2f} t/s): something else ran meanwhile; compare these figures with care")
     if json_out:
         out.json({"model": str(located.path), "machine": machine, "plan": the_plan.params.to_llama_args(),
                   "results": [r.to_dict() for r in results]})
@@ -358,36 +450,44 @@ def bench(
 # --- pull / list / rm -------------------------------------------------------------------------------
 @app.command()
 def pull(
-    model: Annotated[str, typer.Argument(help="org/repo[:QUANT][@revision], hf.co/org/repo:QUANT, or an alias.", show_default=False)],
+    model: Annotated[str, typer.Argument(help="org/repo\\[:QUANT]\\[@revision], hf.co/org/repo:QUANT, or an alias.", show_default=False)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before downloading.")] = False,
     profile: ProfileOpt = None, vram: VramOpt = None, ram: RamOpt = None, cpu_only: CpuOnlyOpt = False,
 ) -> None:
-    """Download a GGUF model from the Hugging Face Hub into its cache (resumable, verified), after
-    showing how it would fit this machine. Without a :QUANT, picks the largest quant that fits."""
+    """Download a GGUF model from the Hugging Face Hub (resumable, verified).
+
+    Shows how it would fit this machine first. Without a :QUANT, picks the largest quant that
+    fits. Files go to the Hugging Face cache, where llama.cpp's -hf finds them too."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from moecli import gguf, hub, models, planner, render
+    from moecli.units import fmt_bytes
 
     out = Output()
     machine, _ = _machine(profile, vram, ram, cpu_only)
     ask = not yes and sys.stdin.isatty()
+    terminal = out.err.is_terminal
 
     def on_choice(choice: hub.Choice) -> None:
-        out.print(f"{choice.candidate.name}: {choice.reason}")
-        remote = hub.remote_gguf(choice.candidate)
+        """The plan is shown before anything is downloaded (the header is read by range requests)."""
+        candidate = choice.candidate
+        out.print(f"{candidate.name} ({fmt_bytes(candidate.size)}"
+                  f"{f' in {len(candidate.files)} files' if len(candidate.files) > 1 else ''}): {choice.reason}")
+        remote = hub.remote_gguf(candidate)
         try:
-            facts = gguf.read_model(remote.urls[0], headers=remote.headers, source=choice.candidate.name)
+            facts = gguf.read_model(remote.urls[0], headers=remote.headers, source=candidate.name)
             the_plan = planner.plan(facts, machine, planner.Wishes())
             ok, why = models.fits_verdict(the_plan)
             out.print(f"on this machine: {'fits' if ok else 'does not fit'} ({why}); {render.decode_line(the_plan)}")
             out.note(render.plan_summary(the_plan))
         except MoecliError as exc:
             out.warn(f"could not plan it before downloading: {exc.message}")
-        if ask and not typer.confirm(f"Download {choice.candidate.size / 2**30:.2f} GiB?", default=True, err=True):
-            raise MoecliError("nothing downloaded", "run it again when you want it")
+        if ask and not typer.confirm(f"Download {fmt_bytes(candidate.size)}?", default=True, err=True):
+            out.print("nothing downloaded")
+            raise typer.Exit(1)
+        if not terminal:
+            out.note(f"fetching {fmt_bytes(candidate.size)} into the Hugging Face cache…")
 
-    fits = None if model.partition("@")[0].count(":") else models.fits_on(machine)
-    terminal = out.err.is_terminal
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=out.err, transient=True, disable=not terminal) as progress:
         task = progress.add_task("checking", total=None)
@@ -396,39 +496,38 @@ def pull(
             label = {"check": "checking", "download": "downloading", "done": "done"}.get(p.stage, p.stage)
             progress.update(task, description=f"{label} {p.file_index}/{p.n_files}", completed=p.done, total=p.total)
 
-        pulled = hub.pull(model, fits=fits, on_choice=on_choice, on_progress=on_progress,
+        # the planner's verdict picks the largest quant that fits; a typed :QUANT is taken as is
+        pulled = hub.pull(model, fits=models.fits_on(machine), on_choice=on_choice, on_progress=on_progress,
                           check_model=lambda paths: gguf.read_model(paths[0]))
-    got = f"downloaded {pulled.downloaded / 2**30:.2f} GiB" + (f", {pulled.reused / 2**30:.2f} GiB were already here" if pulled.reused else "")
+    got = f"downloaded {fmt_bytes(pulled.downloaded)}" + (f", {fmt_bytes(pulled.reused)} already here" if pulled.reused else "")
     out.print(f"pulled {pulled.name} ({got}), verified: {pulled.paths[0]}")
 
 
 @app.command("list")
 def list_models(json_out: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
-    """The models pulled with moecli, and whether each fits this machine."""
+    """List the models pulled with moecli, and whether each fits this machine."""
     from moecli import gguf, machine, models, planner, render, store
 
     out = Output(json_mode=json_out)
     here = machine.probe()
-    rows, records = [], []
+    listed = []
     for record in store.list_models():
         if not record.present:
-            verdict = "files missing"
+            fits, verdict = False, "its files are gone from the Hugging Face cache"
         else:
             try:
-                ok, why = models.fits_verdict(planner.plan(gguf.read_model(record.path), here, planner.Wishes()))
-                verdict = ("yes: " if ok else "no: ") + why
+                fits, verdict = models.fits_verdict(planner.plan(gguf.read_model(record.path), here, planner.Wishes()))
             except MoecliError as exc:
-                verdict = f"no: {exc.message}"
-        rows.append([record.name, record.quant, f"{record.size / 2**30:.2f} GiB", record.pulled_at.strftime("%Y-%m-%d %H:%M"),
-                     verdict, str(record.path)])
-        records.append({"name": record.name, "repo": record.repo, "quant": record.quant, "size": record.size,
-                        "pulled_at": record.pulled_at.isoformat(), "fits": verdict, "path": str(record.path)})
+                fits, verdict = False, exc.message
+        listed.append((record, fits, verdict))
     if json_out:
-        out.json(records)
-    elif not rows:
+        out.json([{"name": r.name, "repo": r.repo, "tag": r.tag, "quant": r.quant, "size": r.size,
+                   "pulled_at": r.pulled_at.isoformat(), "present": r.present, "fits": fits, "why": verdict,
+                   "path": str(r.path)} for r, fits, verdict in listed])
+    elif not listed:
         out.print("no models pulled yet: moecli pull org/repo:QUANT")
     else:
-        render.store_table(out, rows)
+        render.store_list(out, listed)
 
 
 @app.command()
@@ -436,8 +535,11 @@ def rm(
     name: Annotated[str, typer.Argument(help="A pulled model's name (see moecli list).", show_default=False)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
-    """Remove a pulled model: only the files moecli downloaded, never files it did not."""
+    """Remove a pulled model.
+
+    Deletes only the files moecli downloaded, never files that were in the cache before."""
     from moecli import store
+    from moecli.units import fmt_bytes
 
     out = Output()
     removal = store.plan_removal(name)
@@ -448,7 +550,21 @@ def rm(
     if not yes:
         if not sys.stdin.isatty():
             raise BadInput(f"not removing {name} without a confirmation", "add --yes to remove it without asking")
-        if not typer.confirm(f"Remove {name} and free {removal.freed / 2**30:.2f} GiB?", default=False, err=True):
-            raise MoecliError("nothing removed", "")
+        if not typer.confirm(f"Remove {removal.model.name} and free {fmt_bytes(removal.freed)}?", default=False,
+                             err=True):
+            out.print("nothing removed")
+            raise typer.Exit(1)
     store.remove(removal)
-    out.print(f"removed {name}; freed {removal.freed / 2**30:.2f} GiB")
+    out.print(f"removed {removal.model.name}; freed {fmt_bytes(removal.freed)}")
+
+
+def _reflow(doc: str | None) -> str | None:
+    """A docstring's paragraphs as single lines: typer's rich help keeps the source's line breaks,
+    which then land in the middle of the terminal's own wrapping."""
+    if not doc:
+        return doc
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _command in app.registered_commands:
+    _command.help = _reflow(_command.callback.__doc__)

@@ -37,7 +37,10 @@ def locate(name: str, *, remote_ok: bool = False, machine: MachineFacts | None =
     if not remote_ok:
         raise StoreError(f"{name} is not pulled yet", f"pull it first: moecli pull {name}")
     ref = hub.parse_ref(name)
-    listing = hub.list_repo(ref)
+    env = hub.HubEnv.from_environ()
+    listing = hub.list_repo(ref, env)
+    if listing.gated and not env.token:  # its files answer 401: say why, as `moecli pull` does
+        raise hub._gated_without_token(ref.repo, env)  # noqa: SLF001 - hub's own message for it
     choice = hub.choose(listing, ref, fits_on(machine) if machine is not None else None)
     return Located(name, None, hub.remote_gguf(choice.candidate), choice.candidate.name)
 

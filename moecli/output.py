@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from moecli.errors import MoecliError
 
@@ -60,17 +61,19 @@ class Output:
         )
 
     # --- for people -------------------------------------------------------------------------
+    # Strings are printed as they are (markup=False): they carry paths, regexes and model names,
+    # whose brackets rich would otherwise take for markup. Styled text is passed as rich Text.
     def print(self, *objects: Any, style: str | None = None) -> None:
         """A line for people: on stdout normally, on stderr in JSON mode (stdout is for the JSON)."""
         target = self.err if self.json_mode else self.console
-        target.print(*objects, style=style)
+        target.print(*objects, style=style, markup=False)
 
     def note(self, text: str) -> None:
         """A side remark (dim on a terminal); always on stderr so pipelines only see results."""
-        self.err.print(text, style="dim")
+        self.err.print(text, style="dim", markup=False)
 
     def warn(self, text: str) -> None:
-        self.err.print(f"warning: {text}", style="yellow")
+        self.err.print(f"warning: {text}", style="yellow", markup=False)
 
     def error(self, err: MoecliError) -> None:
         self.err.print(f"error: {err.message}", style="bold red", markup=False)
@@ -78,11 +81,12 @@ class Output:
             self.err.print(f"  hint: {err.hint}", style="red", markup=False)
 
     def table(self, title: str | None, columns: list[str], rows: list[list[Any]], *, justify: dict | None = None) -> Table:
-        table = Table(title=title, box=box.SIMPLE_HEAVY if self.is_terminal else box.SIMPLE, title_justify="left")
+        table = Table(title=title, box=box.SIMPLE_HEAVY if self.is_terminal else box.SIMPLE, title_justify="left",
+                      show_edge=False)
         for name in columns:
             table.add_column(name, justify=(justify or {}).get(name, "left"))
         for row in rows:
-            table.add_row(*(str(cell) for cell in row))
+            table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
         return table
 
     # --- for scripts --------------------------------------------------------------------------

@@ -1,11 +1,19 @@
 """How plans, benchmarks and the store look to people (rich on a terminal, plain text in a pipe).
-JSON goes through each type's own `to_dict()`; nothing here decides anything."""
+JSON goes through each type's own `to_dict()`; nothing here decides anything.
+
+Everything must stay readable on an 80-column terminal: prose is indented with rich's Padding so
+that wrapped lines keep their indent, tables have few, short columns (the memory table has a column
+per device, not per kind of memory), and the llama.cpp command is printed as one soft-wrapped line
+so that copying it from the terminal gives one line.
+"""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
 
+from rich.padding import Padding
+from rich.table import Table
 from rich.text import Text
 
 from moecli.bench import BenchResult
@@ -31,7 +39,7 @@ def machine_lines(machine: MachineFacts) -> list[str]:
 
 def model_lines(model: ModelFacts) -> list[str]:
     kind = (f"MoE: {model.n_expert} experts, {model.n_expert_used} active per token"
-            + (f", {model.n_expert_shared} shared" if model.n_expert_shared else "")) if model.is_moe else "dense"
+            + (f", {model.n_expert_shared} shared" if model.n_expert_shared else "")) if model.is_moe else "dense (no experts)"
     quant = f" {model.file_type}" if model.file_type else ""
     shards = f" in {len(model.shards)} files" if len(model.shards) > 1 else ""
     return [
@@ -48,51 +56,95 @@ def decode_line(plan: Plan) -> str:
     return f"≈ {d.low:.0f}-{d.high:.0f} tok/s (estimate; bound {d.bound:.0f} tok/s)"
 
 
-def llama_command(plan: Plan, model_path: str, tool: str = "llama-server") -> str:
-    return shlex.join([tool, "-m", model_path, *plan.params.to_llama_args()])
+def llama_command(plan: Plan, model: str, tool: str = "llama-server", *, hf: bool = False) -> str:
+    """The llama.cpp command for this plan, one line to paste. `hf`: `model` is a Hub
+    `org/repo:TAG`, which llama.cpp fetches itself with -hf (the same file moecli would pull)."""
+    return shlex.join([tool, "-hf" if hf else "-m", model, *plan.params.to_llama_args()])
 
 
-def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFacts, model_path: str) -> None:
-    con = out.console
-    con.print(Text("Machine", style="bold"))
+def _heading(out: Output, title: str) -> None:
+    out.console.print(Text(title, style="bold"))
+
+
+def _line(out: Output, text: str, style: str | None = None, indent: int = 2) -> None:
+    """An indented line of prose: wrapped under its indent on a terminal, one line in a pipe."""
+    if out.is_terminal:
+        out.console.print(Padding(Text(text, style=style or ""), (0, 0, 0, indent), expand=False))
+    else:
+        out.console.print(Text(" " * indent + text, style=style or ""))
+
+
+def _item(out: Output, text: str, style: str | None = None) -> None:
+    """A bullet item: on a terminal its wrapped lines hang under the text, not under the bullet."""
+    if not out.is_terminal:
+        _line(out, f"- {text}", style=style)
+        return
+    grid = Table.grid(padding=(0, 1, 0, 0))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
+    grid.add_row("-", Text(text, style=style or ""))
+    out.console.print(Padding(grid, (0, 0, 0, 2), expand=False))
+
+
+def memory_table(out: Output, plan: Plan):
+    """Devices as columns, kinds of memory as rows: a few narrow columns fit any terminal."""
+    devices = plan.devices
+    kinds = [("weights", lambda d: d.weights), ("KV cache", lambda d: d.kv), ("recurrent state", lambda d: d.recurrent),
+             ("compute buffers", lambda d: d.compute), ("runtime overhead", lambda d: d.overhead),
+             ("total", lambda d: d.total), ("budget", lambda d: d.budget), ("free", lambda d: d.free)]
+    rows = []
+    for name, value in kinds:
+        cells = [value(d) for d in devices]
+        if name in ("recurrent state", "runtime overhead") and not any(cells):
+            continue
+        rows.append([Text(name, style="bold" if name == "total" else ""),
+                     *(Text("-" if v is None else fmt_bytes(v),
+                            style="red" if name == "free" and v is not None and v < 0 else "") for v in cells)])
+    columns = ["", *(d.device for d in devices)]
+    return out.table(None, columns, rows, justify={d.device: "right" for d in devices})
+
+
+def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFacts, model_path: str, *,
+                hf: bool = False) -> None:
+    _heading(out, "Machine")
     for line in machine_lines(machine):
-        con.print(f"  {line}")
-    con.print(Text("Model", style="bold"))
+        _line(out, line)
+    _heading(out, "Model")
     for line in model_lines(model):
-        con.print(f"  {line}")
+        _line(out, line)
+    _heading(out, "Memory")
+    out.console.print(Padding(memory_table(out, plan), (0, 0, 0, 2), expand=False))
 
-    rows = [[d.device, fmt_bytes(d.weights), fmt_bytes(d.kv), fmt_bytes(d.recurrent), fmt_bytes(d.compute),
-             fmt_bytes(d.overhead), fmt_bytes(d.total), fmt_bytes(d.budget) if d.budget is not None else "-",
-             fmt_bytes(d.free) if d.free is not None else "-"] for d in plan.devices]
-    columns = ["device", "weights", "KV cache", "recurrent", "compute", "overhead", "total", "budget", "free"]
-    con.print(out.table("Memory", columns, rows, justify={c: "right" for c in columns[1:]}))
-
-    con.print(Text("Placement", style="bold"))
-    for line in plan.placement.lines():
-        con.print(f"  {line}")
+    _heading(out, "Placement")
+    for line in plan.placement.lines() if plan.gpu is not None else ["every tensor on the CPU (no GPU)"]:
+        _line(out, line)
     p = plan.params
-    con.print(Text("Context", style="bold"))
-    con.print(f"  {plan.n_ctx:,} tokens, KV cache K {p.type_k} / V {p.type_v}, flash attention {p.flash_attn}; "
-              f"load mode {p.load_mode}; -ub {p.n_ubatch}, -b {p.n_batch}; {p.n_threads or 'all physical'} threads")
-    con.print(Text("Expected decode speed", style="bold"))
-    con.print(f"  {decode_line(plan)}")
+    _heading(out, "Context")
+    _line(out, f"{plan.n_ctx:,} tokens, KV cache K {p.type_k} / V {p.type_v}, flash attention {p.flash_attn}; "
+               f"load mode {p.load_mode}; -ub {p.n_ubatch}, -b {p.n_batch}; {p.n_threads or 'all physical'} threads")
+    _heading(out, "Expected decode speed")
+    _line(out, decode_line(plan))
     if plan.decode.bound is not None:
-        con.print(f"  {plan.decode.basis}", style="dim")
+        _line(out, plan.decode.basis, style="dim")
 
     for title, items, style in (("Gave up", plan.gave_up, "yellow"), ("Warnings", plan.warnings, "yellow"),
                                 ("Notes", plan.notes, "dim")):
         if items:
-            con.print(Text(title, style="bold"))
+            _heading(out, title)
             for item in items:
-                con.print(f"  - {item}", style=style)
+                _item(out, item, style=style)
     if plan.alternatives:
-        rows = [[a.label, fmt_bytes(a.gpu_total) if a.gpu_total is not None else "-",
-                 f"{a.decode_bound:.0f}" if a.decode_bound else "-", a.reason] for a in plan.alternatives]
-        con.print(out.table("Alternatives considered", ["configuration", "GPU total", "bound tok/s", "why not"], rows))
+        _heading(out, "Alternatives considered")
+        for a in plan.alternatives:
+            figures = [f"{fmt_bytes(a.gpu_total)} on the GPU" if a.gpu_total is not None else None,
+                       f"bound {a.decode_bound:.0f} tok/s" if a.decode_bound else None]
+            figures_text = ", ".join(f for f in figures if f)
+            _item(out, a.label + (f" ({figures_text})" if figures_text else ""))
+            _line(out, a.reason, style="dim", indent=4)
     verdict = "fits" if plan.fits else "DOES NOT FIT"
-    con.print(Text(f"Verdict: {verdict}", style="bold green" if plan.fits else "bold red"))
-    con.print(Text("llama.cpp equivalent", style="bold"))
-    con.print(f"  {llama_command(plan, model_path)}", markup=False, highlight=False)
+    out.console.print(Text(f"Verdict: {verdict}", style="bold green" if plan.fits else "bold red"))
+    _heading(out, "llama.cpp equivalent")
+    out.console.print(Text("  " + llama_command(plan, model_path, hf=hf)), soft_wrap=True)
 
 
 def plan_summary(plan: Plan) -> str:
@@ -113,21 +165,29 @@ def plan_summary(plan: Plan) -> str:
 
 
 def bench_table(out: Output, results: Sequence[BenchResult]) -> None:
-    fastest = {}
+    """llama-bench's table, narrowed: the configurations are listed once above it (placement,
+    context, threads), and the table's rows refer to them by number."""
+    labels = list(dict.fromkeys(r.label for r in results))
+    several = len(labels) > 1
+    _heading(out, "Configurations" if several else "Configuration")
+    for i, label in enumerate(labels, 1):
+        r = next(x for x in results if x.label == label)
+        _line(out, f"{f'{i}  ' if several else ''}{label}: {_placement(r)}; ctx {r.n_ctx}, {r.n_threads} threads")
+    fastest: dict[str, BenchResult] = {}
     for r in results:
-        key = r.test
-        if key not in fastest or r.avg_ts > fastest[key].avg_ts:
-            fastest[key] = r
+        if r.test not in fastest or r.avg_ts > fastest[r.test].avg_ts:
+            fastest[r.test] = r
     rows = []
     for r in results:
-        mark = " *" if len({x.label for x in results}) > 1 and fastest[r.test] is r else ""
-        rows.append([r.label, r.test, f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}{mark}", r.n_threads,
-                     _placement(r), r.n_ctx, fmt_bytes(r.peak_ram_bytes),
+        mark = " *" if several and fastest[r.test] is r else ""
+        rows.append([*([str(labels.index(r.label) + 1)] if several else []), r.test,
+                     f"{r.avg_ts:.2f} ± {r.stddev_ts:.2f}{mark}", fmt_bytes(r.peak_ram_bytes),
                      fmt_bytes(r.peak_vram_bytes) if r.peak_vram_bytes is not None else "-"])
-    out.console.print(out.table(None, ["config", "test", "t/s", "threads", "placement", "ctx", "peak RAM", "peak VRAM"],
-                                rows, justify={"t/s": "right", "threads": "right", "ctx": "right"}))
-    if len({x.label for x in results}) > 1:
-        out.console.print("* fastest for that test", style="dim")
+    columns = [*(["#"] if several else []), "test", "t/s", "peak RAM", "peak VRAM"]
+    out.console.print(out.table(None, columns, rows, justify={"#": "right", "t/s": "right", "peak RAM": "right",
+                                                               "peak VRAM": "right"}))
+    if several:
+        out.console.print(Text("* fastest for that test", style="dim"))
 
 
 def _placement(r: BenchResult) -> str:
@@ -140,5 +200,12 @@ def _placement(r: BenchResult) -> str:
     return " ".join(parts)
 
 
-def store_table(out: Output, rows: list[list[str]]) -> None:
-    out.console.print(out.table(None, ["name", "quant", "size", "pulled", "fits this machine", "path"], rows))
+def store_list(out: Output, listed) -> None:
+    """`moecli list`: one block per model (name, size, date; whether it fits; its path), which reads
+    at any width, unlike a table with a path column."""
+    for record, fits, why in listed:
+        out.console.print(Text.assemble((record.name, "bold"), f"  {fmt_bytes(record.size)}, "
+                                        f"pulled {record.pulled_at.strftime('%Y-%m-%d %H:%M')}"))
+        _line(out, f"{'fits this machine' if fits else 'does not fit this machine'}: {why}",
+              style="green" if fits else "yellow")
+        _line(out, str(record.path), style="dim")
