@@ -95,10 +95,15 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 # --- building the core's inputs from options -------------------------------------------------------
 def _machine(profile, vram, ram, cpu_only, *, for_loading: bool = False):
-    from moecli import engine, machine
+    """The machine to plan for; for loading, as this llama.cpp build can use it."""
+    from moecli import machine
 
     facts = machine.resolve(profile=profile, vram=vram, ram=ram, cpu_only=cpu_only)
-    if for_loading and facts.gpus and not engine.gpu_offload_supported():
+    if not for_loading or not facts.gpus:
+        return facts, None
+    from moecli import engine  # loads libllama: only when a model will be loaded
+
+    if not engine.gpu_offload_supported():
         return machine.apply_overrides(facts, cpu_only=True), (
             "this llama.cpp build has no GPU support: running on the CPU "
             "(reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on for the GPU)")

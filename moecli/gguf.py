@@ -56,7 +56,7 @@ _FIXED = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("
           7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8)}
 _STRING, _ARRAY = 8, 9
 
-_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,6 +573,15 @@ def _role_of(base: str, global_: bool) -> Role:
 
 # ---------------------------------------------------------------------------------------------
 # the model: shards, size checks, facts
+
+
+def split_info(path: str) -> tuple[str, int, int]:
+    """`dir/X-00002-of-00003.gguf` -> ("dir/X", 2, 3), llama.cpp's gguf-split naming; any other
+    name is shard 1 of 1 (its prefix: the name without `.gguf`)."""
+    m = _SPLIT_NAME.match(path)
+    if m:
+        return m["prefix"], int(m["no"]), int(m["count"])
+    return (path[: -len(".gguf")] if path.lower().endswith(".gguf") else path), 1, 1
 
 
 def shard_locations(location: str, count: int) -> list[str]:

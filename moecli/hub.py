@@ -43,6 +43,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
 from moecli import paths, store
+from moecli.gguf import split_info
 from moecli.download import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
 from moecli.errors import BadInput, DiskSpaceError, DoesNotFit, DownloadError, HubError, ModelFileError
 from moecli.units import fmt_bytes
@@ -268,7 +269,6 @@ class RepoListing:
         return tuple(c.tag for c in self.candidates)
 
 
-_SPLIT = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})$", re.IGNORECASE)
 _QUANT = re.compile(
     r"(?:^|[-._])(?P<tag>(?:UD-)?(?:I?Q\d[A-Z0-9_]*|TQ\d[A-Z0-9_]*|MXFP4[A-Z0-9_]*|NVFP4[A-Z0-9_]*"
     r"|BF16|F16|FP16|F32|FP32|FP8[A-Z0-9_]*))$", re.IGNORECASE)
@@ -280,15 +280,6 @@ _NOT_MODEL = ("mmproj", "imatrix", "mtp-", "eagle3-", "dflash-", "dspark-")
 def is_model_file(path: str) -> bool:
     name = path.rsplit("/", 1)[-1].lower()
     return name.endswith(".gguf") and not any(word in name for word in _NOT_MODEL)
-
-
-def split_info(path: str) -> tuple[str, int, int]:
-    """`dir/X-00002-of-00003.gguf` -> ("dir/X", 2, 3); an unsplit file is shard 1 of 1."""
-    stem = path[: -len(".gguf")] if path.lower().endswith(".gguf") else path
-    match = _SPLIT.match(stem)
-    if match:
-        return match["prefix"], int(match["no"]), int(match["count"])
-    return stem, 1, 1
 
 
 def quant_of(path: str) -> str:
@@ -432,7 +423,7 @@ def choose(listing: RepoListing, ref: ModelRef, fits: Fits | None = None) -> Cho
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def _gated_without_token(repo: str, env: HubEnv) -> HubError:
+def gated_without_token(repo: str, env: HubEnv) -> HubError:
     return HubError(f"{repo} is gated: the Hub serves it only to logged-in users who accepted its terms",
                     f"accept them on {env.endpoint}/{repo}, then set HF_TOKEN (or run `hf auth login`)")
 
@@ -446,7 +437,7 @@ def _hub_errors(repo: str, revision: str, env: HubEnv, path: str | None = None):
     except GatedRepoError as exc:
         status = exc.response.status_code if exc.response is not None else 0
         if env.token is None or status == 401:
-            raise _gated_without_token(repo, env) from None
+            raise gated_without_token(repo, env) from None
         raise HubError(f"{repo} is gated and your token has not been granted access",
                        f"ask for access on {page}; HF_TOKEN must belong to the account that did") from None
     except RepositoryNotFoundError:
@@ -741,43 +732,7 @@ def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | 
                   max(candidate.size - meter.downloaded, 0), record)
 
 
-# -- the whole of `moecli pull`, and finding what is already here ---------------------------------
-def looks_like_path(text: str) -> bool:
-    return text.lower().endswith(".gguf") or text.startswith((".", "/", "~")) or Path(text).expanduser().exists()
-
-
-def local_shards(path: Path) -> tuple[Path, ...]:
-    """A local GGUF and, when it is one shard of a split model, all its shards (first first)."""
-    path = path.expanduser()
-    if path.is_dir():
-        raise BadInput(f"{path} is a folder", "name the .gguf file (the first shard of a split model)")
-    if not path.is_file():
-        raise ModelFileError(f"{path} does not exist", "check the path, or pull the model: moecli pull org/repo:QUANT")
-    prefix, _, count = split_info(str(path))
-    if count == 1:
-        return (path,)
-    shards = tuple(Path(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1))
-    missing = [s for s in shards if not s.is_file()]
-    if missing:
-        raise ModelFileError(f"{path.name} is one of {count} shards, but {missing[0].name} is missing",
-                             "put every shard in the same folder (llama.cpp finds them by name)")
-    return shards
-
-
-def locate(text: str, aliases: Mapping[str, Alias] | None = None) -> tuple[Path, ...] | None:
-    """The files of a model that is already here: a local GGUF path (with its shards), a pulled
-    model's store name, or a repo/alias that was pulled. None when it would have to be pulled."""
-    if looks_like_path(text):
-        return local_shards(Path(text))
-    try:
-        return store.resolve(text)
-    except store.StoreError:
-        pass
-    ref = parse_ref(text, aliases)
-    record = store.find(ref.repo, ref.quant or (ref.alias.quant if ref.alias else None))
-    return record.paths if record is not None and record.present else None
-
-
+# -- the whole of `moecli pull` ------------------------------------------------------------------
 def _from_record(record: store.StoredModel, env: HubEnv) -> Candidate:
     files = tuple(HubFile(f.repo_path, f.size, f.digest if len(f.digest) == 64 else None,
                           f.digest if len(f.digest) == 40 else None) for f in record.files)
@@ -790,6 +745,8 @@ def pull(text: str, *, fits: Fits | None = None, on_choice: Callable[[Choice], N
          options: TransferOptions = TransferOptions(),
          aliases: Mapping[str, Alias] | None = None) -> Pulled:
     """`moecli pull TEXT`: resolve, choose (telling `on_choice` why), download and verify."""
+    from moecli.models import looks_like_path  # models imports this module lazily: no cycle
+
     if looks_like_path(text):
         raise BadInput(f"{text} is a local file: there is nothing to pull", f"use it directly: moecli run {text}")
     env = HubEnv.from_environ()
@@ -805,7 +762,7 @@ def pull(text: str, *, fits: Fits | None = None, on_choice: Callable[[Choice], N
         return Pulled(record.name, candidate, record.paths, 0, record.size, record)
     listing = list_repo(ref, env)
     if listing.gated and not env.token:  # its files answer 401: say so before reading any header
-        raise _gated_without_token(ref.repo, env)
+        raise gated_without_token(ref.repo, env)
     choice = choose(listing, ref, fits)
     if on_choice:
         on_choice(choice)

@@ -25,9 +25,9 @@ from hubserver import (  # noqa: F401 - fixtures
 )
 
 from moecli import hub as hubmod
-from moecli import store
+from moecli import models, paths, store
 from moecli.download import PARTIAL_SUFFIX, TransferOptions
-from moecli.errors import BadInput, DiskSpaceError, DoesNotFit, DownloadError, HubError, ModelFileError
+from moecli.errors import BadInput, DiskSpaceError, DoesNotFit, DownloadError, HubError, ModelFileError, StoreError
 from moecli.hub import Alias, HubFile, ModelRef, parse_ref
 
 FAST = TransferOptions(backoff=0.0)
@@ -547,25 +547,28 @@ def test_a_local_file_is_not_pulled(tiny_files):
 # -- finding what is already here ----------------------------------------------------------------------
 def test_locate_finds_local_files_with_their_shards(tiny_files):
     first = tiny_files[SHARDS[0]]
-    assert hubmod.locate(str(first)) == tuple(tiny_files[s] for s in SHARDS)
-    assert hubmod.locate(str(tiny_files[SHARDS[2]]))[0] == first
+    assert models.locate(str(first)).files == tuple(tiny_files[s] for s in SHARDS)
+    assert models.locate(str(tiny_files[SHARDS[2]])).path == first
     with pytest.raises(ModelFileError, match="does not exist"):
-        hubmod.locate(str(first.parent / "missing.gguf"))
+        models.locate(str(first.parent / "missing.gguf"))
 
 
 def test_locate_reports_a_missing_shard(tmp_path, tiny_files):
     for shard in SHARDS[:2]:
         (tmp_path / shard).write_bytes(tiny_files[shard].read_bytes())
     with pytest.raises(ModelFileError, match="00003-of-00003.gguf is missing"):
-        hubmod.locate(str(tmp_path / SHARDS[0]))
+        models.locate(str(tmp_path / SHARDS[0]))
 
 
 def test_locate_finds_pulled_models_by_name_repo_or_alias(hub):
-    assert hubmod.locate(f"{TINY_REPO}:Q4_K_M") is None  # not pulled yet
+    with pytest.raises(StoreError, match="not pulled yet"):
+        models.locate(f"{TINY_REPO}:Q4_K_M")
     pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
-    assert hubmod.locate(f"{TINY_REPO}:q4_k_m") == pulled.paths
-    assert hubmod.locate(f"hf.co/{TINY_REPO}:Q4_K_M") == pulled.paths
-    assert hubmod.locate("tiny", aliases={"tiny": Alias("tiny", TINY_REPO, "Q4_K_M")}) == pulled.paths
+    assert models.locate(f"{TINY_REPO}:q4_k_m").files == pulled.paths
+    assert models.locate(f"hf.co/{TINY_REPO}:Q4_K_M").files == pulled.paths
+    (paths.config_dir()).mkdir(parents=True, exist_ok=True)
+    (paths.config_dir() / "aliases.toml").write_text(f'[tiny]\nrepo = "{TINY_REPO}"\nquant = "Q4_K_M"\n')
+    assert models.locate("tiny").files == pulled.paths
 
 
 def test_progress_reports_speed_and_eta_over_the_last_seconds():
