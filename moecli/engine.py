@@ -37,6 +37,7 @@ import llama_cpp.llama_cpp as _llama
 from llama_cpp._ggml import libggml as _libggml
 
 from moecli.errors import BadInput, EngineError, ModelFileError
+from moecli.machine import physical_cores  # llama.cpp's default -t (cpu_get_num_math)
 from moecli.params import LlamaParams
 
 __all__ = [
@@ -415,17 +416,6 @@ def _buffer_sizes(ctx: int, log_lines: Sequence[str]) -> BufferSizes:
 # ---------------------------------------------------------------------------------------------
 
 
-def _physical_cores() -> int:
-    """llama.cpp's default -t: the physical cores (cpu_get_num_math in common/common.cpp)."""
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except Exception:  # noqa: BLE001 - psutil cannot tell on some systems
-        n = None
-    return n or os.cpu_count() or 1
-
-
 class _ModelParams:
     """A llama_model_params with everything its pointers point to, kept alive as long as the model."""
 
@@ -774,7 +764,7 @@ class Engine:
             t0 = time.perf_counter()
             mparams = _ModelParams(params, on_progress=on_progress)
             model = _load_model(path, mparams, sink)
-            n_threads = params.n_threads or _physical_cores()
+            n_threads = params.n_threads or physical_cores()
             n_threads_batch = params.n_threads_batch or n_threads
             ctx = _new_context(model, params, n_threads, n_threads_batch, sink)
             load_seconds = time.perf_counter() - t0
@@ -1200,7 +1190,7 @@ def dry_run(path: str | os.PathLike[str], params: LlamaParams | None = None, *,
     try:
         mparams = _ModelParams(params, no_alloc=True)
         model = _load_model(path, mparams, sink)
-        n_threads = params.n_threads or _physical_cores()
+        n_threads = params.n_threads or physical_cores()
         ctx = _new_context(model, params, n_threads, params.n_threads_batch or n_threads, sink)
         return _buffer_sizes(ctx, sink.text())
     finally:

@@ -140,6 +140,7 @@ def vram_used_probe(index: int) -> Callable[[], int | None] | None:
 
 
 def physical_cores() -> int:
+    """llama.cpp's default -t: the physical cores (cpu_get_num_math in common/common.cpp)."""
     import psutil
 
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
