@@ -3,33 +3,39 @@
 huggingface_hub's downloader resumes only within one process: each run writes a process-unique
 temporary file and deletes it on failure (huggingface/huggingface_hub#4196, PR #4228), so after
 Ctrl-C, a crash or a reboot a 20 GB file starts again from zero. Here the bytes go into a
-persistent partial file that a later run continues with an HTTP `Range` request, through
-huggingface_hub's own HTTP client (`get_session()`: proxies, the Hub's headers, redirects; httpx2
-drops the Authorization header when the Hub redirects to its CDN, another origin).
+persistent partial file that a later run continues with an HTTP `Range` request.
 
-The digest is computed as the bytes arrive (no second read of a finished file). The one read from
-disk is the prefix of a partial file left by an earlier run: a hash state cannot be carried across
-processes, so that prefix is hashed again before the transfer continues.
+huggingface_hub lists, authenticates and lays out the cache; the body itself is read with the
+standard library (`urllib.request` -> `http.client`), because `readinto` there is one `recv_into`
+into a buffer of ours, where huggingface_hub's httpx2 copies every chunk three times inside h11.
+On the 2-core dev machine that was the difference between 0.7x and ~1x of curl's throughput from a
+local server (`python tests/hubserver.py`, a benchmark, not a test). What the Hub's own client would
+do is kept: proxies from the environment, its TLS trust store, its headers, redirects followed with
+the token sent only to the origin that was asked (the Hub's CDN is another origin), its error
+classes for an error answer, and HF_HUB_OFFLINE.
 
-Throughput against curl from a local server: `python tests/hubserver.py` (a benchmark, not a test).
+The digest is computed as the bytes arrive, on a second thread (no second read of a finished file).
+The one read from disk is the prefix of a partial file left by an earlier run: a hash state cannot
+be carried across processes, so that prefix is hashed again before the transfer continues.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import queue
-import threading
+import http.client
 import os
+import queue
+import ssl
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-
-import httpx2
-from huggingface_hub import get_session
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-from huggingface_hub.utils import hf_raise_for_status
+from urllib.parse import urlsplit
 
 from moecli.errors import DiskSpaceError, DownloadError
 from moecli.units import MiB, fmt_bytes
@@ -65,20 +71,11 @@ class TransferOptions:
     retries: int = 5  # attempts in a row that bring no new byte before giving up
     backoff: float = 1.0  # seconds before the first retry, doubled each time, at most 8
     timeout: float | None = None  # seconds without a byte; None: HF_HUB_DOWNLOAD_TIMEOUT or 10
-    read_bytes: int = 1 * MiB  # bytes asked of the socket per read (see _widen_socket_reads)
-
-
-def _widen_socket_reads(read_bytes: int) -> None:
-    """httpcore2 asks the socket for 64 KiB per read (HTTP11Connection.READ_NUM_BYTES): ~16k trips
-    per GiB through h11 and four generator layers. 1 MiB reads made a whole fetch from localhost
-    (with its sha256) 30 % faster on the 2-core dev machine (317 -> 409 MiB/s median of 5; 4 MiB:
-    305). A larger read is harmless for small responses: recv returns what is there."""
-    try:
-        from httpcore2._sync.http11 import HTTP11Connection
-    except ImportError:  # a different transport: leave it alone
-        return
-    if getattr(HTTP11Connection, "READ_NUM_BYTES", 0) < read_bytes:
-        HTTP11Connection.READ_NUM_BYTES = read_bytes
+    # Bytes per read: each chunk is received, written and hashed while it is still in cache. 1 GiB
+    # from a local server on the 2-core dev machine (1 MiB L2 per core), medians of 6, curl 969
+    # MiB/s: 64 KiB 619 (Python's cost per read), 256 KiB 981, 1 MiB 914 (read back from memory).
+    chunk_bytes: int = 256 * 1024
+    chunks_in_flight: int = 16  # written, waiting for the hash thread: 4 MiB, within the shared L3
 
 
 def read_timeout(options: TransferOptions) -> float:
@@ -109,9 +106,9 @@ def hash_file(path: Path, digest: Digest, size: int, on_bytes: Callable[[int], N
     return hasher.hexdigest()
 
 
-def _content_range_start(response: httpx2.Response, size: int) -> int:
+def _content_range_start(headers, size: int) -> int:
     """Where a 206 response starts, checking it is a range of a file of `size` bytes."""
-    value = response.headers.get("Content-Range", "")
+    value = headers.get("Content-Range", "")
     try:
         unit, _, spec = value.partition(" ")
         span, _, total = spec.partition("/")
@@ -151,8 +148,13 @@ def fetch(url: str, path: Path, *, label: str, size: int, digest: Digest, header
     (a server that ignored the range). On return the partial file is complete and verified.
     Raises DownloadError: the partial file is kept when its bytes may be good (a dropped
     connection), removed when they are not (a digest mismatch); either way nothing looks complete.
+    An error answer from the Hub raises huggingface_hub's own error (HfHubHTTPError and kin).
     """
-    _widen_socket_reads(options.read_bytes)
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if constants.is_offline_mode():  # what huggingface_hub's own client would refuse
+        raise OfflineModeIsEnabled(f"Cannot reach {url}: offline mode is enabled (HF_HUB_OFFLINE).")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = _Partial(path, digest, size)
     if partial.have > size:  # not a prefix of this file: it cannot be resumed
@@ -160,22 +162,20 @@ def fetch(url: str, path: Path, *, label: str, size: int, digest: Digest, header
     if partial.have:
         hash_prefix(path, partial.hasher, on_rehash)
 
-    timeout = httpx2.Timeout(read_timeout(options))
     failures = 0
     while partial.have < size:
         before = partial.have
         try:
-            _transfer(url, partial, headers, timeout, options, on_bytes, on_restart)
-        except (httpx2.TransportError, _RetryableStatus) as exc:
+            _transfer(url, partial, headers, read_timeout(options), options, on_bytes, on_restart)
+        except _Retryable as exc:
             failures = 0 if partial.have > before else failures + 1
             if failures > options.retries:
-                reason = (str(exc) or type(exc).__name__).splitlines()[0]
                 raise DownloadError(f"download of {label} stopped at {fmt_bytes(partial.have)} of {fmt_bytes(size)}: "
-                                    f"{reason}", "pull again: it resumes from where it stopped") from exc
+                                    f"{exc}", "pull again: it resumes from where it stopped") from exc
             sleep(min(options.backoff * 2 ** max(failures - 1, 0), 8.0))
-        except (HfHubHTTPError, OfflineModeIsEnabled):
-            raise  # OSError subclasses, but about the Hub: the caller maps them
-        except OSError as exc:
+        except HfHubHTTPError:
+            raise  # an OSError subclass, but about the Hub: the caller maps it
+        except OSError as exc:  # the network's errors are _Retryable by now: this is the disk
             raise _disk_error(exc, path, label) from exc
 
     got = partial.hasher.hexdigest()
@@ -186,59 +186,138 @@ def fetch(url: str, path: Path, *, label: str, size: int, digest: Digest, header
                             "the bytes were corrupted on the way; pull again to download the file afresh")
 
 
-class _RetryableStatus(Exception):
-    """A 408/429/5xx answer: worth another try."""
+class _Retryable(Exception):
+    """A dropped, refused or stalled connection, or a 408/429/5xx answer: worth another try."""
 
 
-def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: httpx2.Timeout,
+def _reason(exc: BaseException) -> str:
+    """One line for a network error (urllib wraps the socket's in URLError)."""
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text.splitlines()[0][:120]
+
+
+def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: float,
               options: TransferOptions, on_bytes: Callable[[int], None],
               on_restart: Callable[[int], None] | None) -> None:
     """One ranged GET from the end of the partial file, appending what arrives."""
-    request_headers = {**headers, "Accept-Encoding": "identity", "Range": f"bytes={partial.have}-"}
-    with get_session().stream("GET", url, headers=request_headers, timeout=timeout, follow_redirects=True) as response:
-        if response.status_code in _RETRY_STATUS:
-            raise _RetryableStatus(f"the server answered {response.status_code}")
-        if response.status_code == 416:  # the server does not agree our partial file is a prefix
+    try:
+        response = _open(url, {**headers, "Accept-Encoding": "identity", "Range": f"bytes={partial.have}-"}, timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code in _RETRY_STATUS:
+            raise _Retryable(f"the server answered {exc.code}") from exc
+        if exc.code == 416:  # the server does not agree our partial file is a prefix
             dropped = partial.restart()
             if on_restart:
                 on_restart(dropped)
             return
-        if response.status_code >= 400:
-            response.read()  # hf_raise_for_status reads the body of the error
-            hf_raise_for_status(response)
-        if response.status_code == 200 and partial.have:  # the server ignored the range: start again
+        _raise_hub_error(exc)
+    except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
+        cause = getattr(exc, "reason", exc)
+        if isinstance(cause, ssl.SSLCertVerificationError):  # trying again will not help
+            raise DownloadError(f"the TLS certificate of {urlsplit(url).hostname} (or of where it redirects) is not "
+                                f"trusted: {cause.verify_message}",
+                                "behind a TLS-inspecting proxy, set SSL_CERT_FILE to its CA bundle") from exc
+        raise _Retryable(_reason(exc)) from exc
+
+    with response:
+        if response.status == 206:
+            if _content_range_start(response.headers, partial.size) != partial.have:
+                raise DownloadError(f"the server sent a range that does not start at byte {partial.have}",
+                                    "pull again; if it persists, the mirror does not honour Range requests")
+        elif partial.have:  # a 200: the server ignored the range, start again
             dropped = partial.restart()
             if on_restart:
                 on_restart(dropped)
-        elif response.status_code == 206 and _content_range_start(response, partial.size) != partial.have:
-            raise DownloadError(f"the server sent a range that does not start at byte {partial.have}",
-                                "pull again; if it persists, the mirror does not honour Range requests")
+        if response.length is not None and partial.have + response.length != partial.size:
+            raise DownloadError(f"the server sends {partial.have + response.length} bytes of a file the Hub lists "
+                                f"at {partial.size}", "pull again; if it persists, the repo changed while pulling")
 
         # Each chunk is appended and hashed as it arrives: what a broken connection, Ctrl-C or a
         # kill leaves is a valid prefix, and the next attempt (or the next run) continues after it.
-        # The hash runs on a second thread (1 GiB from a local server on the quiet 2-core dev
-        # machine, median of 5: 626 MiB/s, against 422 MiB/s hashing inline; curl alone: 868).
-        with open(partial.path, "ab", buffering=0) as out, _Hasher(partial.hasher) as hasher:
-            for chunk in response.iter_raw():
+        with open(partial.path, "ab", buffering=0) as out, _HashThread(partial.hasher, options) as hashing:
+            while partial.have < partial.size:
+                try:
+                    chunk = response.read1(min(options.chunk_bytes, partial.size - partial.have))
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Retryable(_reason(exc)) from exc
                 if not chunk:
-                    continue
-                if partial.have + len(chunk) > partial.size:
-                    raise DownloadError(f"the server sent more than the {partial.size} bytes the Hub lists",
-                                        "pull again; if it persists, the repo changed while pulling")
+                    raise _Retryable("the server closed the connection early")
                 _write_all(out, chunk)
-                hasher.update(chunk)
+                hashing.update(chunk)
                 partial.have += len(chunk)
                 on_bytes(len(chunk))
 
 
-class _Hasher:
-    """Hashes on a second thread while the next chunk arrives: hashlib releases the GIL, so on two
-    free cores a transfer costs max(receive, hash) instead of their sum. `__exit__` waits until
-    every chunk given is hashed, so the hash always matches the bytes written."""
+def _open(url: str, headers: Mapping[str, str], timeout: float) -> http.client.HTTPResponse:
+    """GET `url`, following redirects, with the Hub's token only where it was meant to go."""
+    request = urllib.request.Request(url)
+    for name, value in headers.items():
+        if name.lower() == "authorization":  # not copied to a redirect; _SameOriginAuth decides
+            request.add_unredirected_header(name, value)
+        else:
+            request.add_header(name, value)
+    return _opener().open(request, timeout=timeout)
 
-    def __init__(self, hasher) -> None:
+
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Carry the token across a redirect within the same origin (a renamed repo), never to
+    another one (the Hub's CDN, whose signed URLs must not get it): httpx's rule, and the Hub's."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        token = req.unredirected_hdrs.get("Authorization")
+        if new is not None and token and _origin(newurl) == _origin(req.full_url):
+            new.add_unredirected_header("Authorization", token)
+        return new
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """Proxies from the environment as it is now (HTTPS_PROXY, NO_PROXY...), httpx's trust store."""
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=_tls_context()), _SameOriginAuth)
+
+
+@cache
+def _tls_context():
+    """The context huggingface_hub's httpx2 verifies the Hub with (SSL_CERT_FILE, the system's
+    store); loading it takes ~50 ms, so once per process."""
+    try:
+        from httpcore2 import default_ssl_context
+        return default_ssl_context()
+    except ImportError:
+        return ssl.create_default_context()
+
+
+def _raise_hub_error(exc: urllib.error.HTTPError):
+    """Let huggingface_hub read an error answer: the same error classes (gated, not found, ...)
+    and messages as for its own requests."""
+    import httpx2
+    from huggingface_hub.utils import hf_raise_for_status
+
+    body = exc.read() if exc.fp is not None else b""
+    response = httpx2.Response(exc.code, headers=list(exc.headers.items()), content=body,
+                               request=httpx2.Request("GET", exc.url))
+    hf_raise_for_status(response)
+    raise DownloadError(f"the server answered {exc.code} for {exc.url}", "pull again later")
+
+
+class _HashThread:
+    """Hashes on a second thread while the next chunk arrives: hashlib releases the GIL, so on two
+    free cores a transfer costs max(receive, hash) instead of their sum. The queue is short, so
+    the receiver waits when the hash falls behind and the chunks are hashed while still in cache.
+    `__exit__` waits until every chunk given is hashed, so the hash always matches the bytes written."""
+
+    def __init__(self, hasher, options: TransferOptions) -> None:
         self._hasher = hasher
-        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._queue: queue.Queue = queue.Queue(maxsize=options.chunks_in_flight)
         self._thread = threading.Thread(target=self._run, name="moecli-sha256", daemon=True)
         self._error: BaseException | None = None
 
@@ -253,7 +332,7 @@ class _Hasher:
     def update(self, chunk: bytes) -> None:
         self._queue.put(chunk)
 
-    def __enter__(self) -> _Hasher:
+    def __enter__(self) -> _HashThread:
         self._thread.start()
         return self
 
@@ -264,7 +343,7 @@ class _Hasher:
             raise self._error
 
 
-def _write_all(out, chunk: bytes) -> None:
+def _write_all(out, chunk) -> None:
     """An unbuffered write may take less than all of it (a signal, a full disk): go on."""
     view = memoryview(chunk)
     while view:

@@ -506,6 +506,7 @@ class _Meter:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.candidate, self.callback, self.clock = candidate, callback, clock
         self.done = self.downloaded = 0
+        self.transfer_seconds = 0.0  # wall time in fetch(): what the download speed is measured over
         self.stage, self.file, self.index = "check", candidate.files[0].path, 1
         self.samples: deque[tuple[float, int]] = deque()
         self.last_emit = 0.0
@@ -552,6 +553,7 @@ class Pulled:
     downloaded: int  # bytes transferred by this run
     reused: int  # bytes that were on disk already
     record: store.StoredModel
+    seconds: float = 0.0  # wall time of the transfers (with the hash of any resumed prefix)
 
 
 def storage_folder(env: HubEnv, repo: str) -> Path:
@@ -647,11 +649,13 @@ def _ensure_file(candidate: Candidate, index: int, f: HubFile, blob: Path, point
         meter.at("download", index)
         partial = blob.with_name(blob.name + PARTIAL_SUFFIX)
         url = hf_hub_url(candidate.repo, f.path, revision=candidate.commit, endpoint=candidate.endpoint)
+        began = time.monotonic()
         with _hub_errors(candidate.repo, candidate.revision, env, f.path):
             fetch(url, partial, label=f.path, size=f.size, digest=digest, headers=headers,
                   on_bytes=lambda n: meter.add(n, transferred=True),
                   on_rehash=lambda n: meter.add(n, transferred=False),
                   on_restart=lambda n: meter.add(-n, transferred=False), options=options)
+        meter.transfer_seconds += time.monotonic() - began
         if blob.exists():  # placed meanwhile by a tool that takes no lock: keep that one
             partial.unlink()
         else:
@@ -729,7 +733,7 @@ def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | 
         revision=candidate.revision, commit=candidate.commit, files=tuple(files), pulled_at=store.now(),
         created=tuple(dict.fromkeys(created))))
     return Pulled(candidate.name, candidate, final_paths, meter.downloaded,
-                  max(candidate.size - meter.downloaded, 0), record)
+                  max(candidate.size - meter.downloaded, 0), record, meter.transfer_seconds)
 
 
 # -- the whole of `moecli pull` ------------------------------------------------------------------

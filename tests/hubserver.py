@@ -13,7 +13,8 @@ huggingface_hub's `hf_api.py` / `file_download.py` / `utils/_http.py` and llama.
 - `HEAD|GET /<repo>/resolve/<rev>/<path>`: an LFS file answers `302` to a signed CDN URL on
   another origin (`localhost` instead of `127.0.0.1`, as the Hub redirects to its CDN), with
   `X-Repo-Commit`, `X-Linked-Etag` (the sha256), `X-Linked-Size` and the pointer's `ETag`; a
-  small non-LFS file (README.md) answers 200 itself, `ETag` = its git blob id.
+  small non-LFS file (README.md) answers 200 itself, `ETag` = its git blob id. A renamed repo
+  (`hub.renamed`) answers `307` with a relative `Location` under its new name.
 - `GET|HEAD /cdn/<sha256>?sig=`: the bytes, honouring `Range` (206 / 416).
 - Errors as the Hub sends them: `X-Error-Code` RepoNotFound / RevisionNotFound / EntryNotFound
   (404), GatedRepo (401 without a token, 403 with a token that was not granted access), and
@@ -155,15 +156,18 @@ class RequestLog:
 
 
 class HubServer:
-    """Start with `with HubServer() as hub:` (or start()/stop()); `hub.url` is the HF_ENDPOINT."""
+    """Start with `with HubServer() as hub:` (or start()/stop()); `hub.url` is the HF_ENDPOINT.
+    `tls`: a PEM file with a key and its certificate, to serve https as the real Hub does."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Path | None = None) -> None:
+        self.tls = tls
         self.repos: dict[str, FakeRepo] = {}
         self.tokens_with_access: set[str] = set()  # tokens granted access to every gated repo
         self.tokens_without_access: set[str] = set()  # valid tokens that never asked for access
         self.faults = Faults()
         self.bytes_sent: Counter[str] = Counter()  # repo path -> file bytes sent (resolve + CDN)
         self.requests: list[RequestLog] = []
+        self.renamed: dict[str, str] = {}  # old repo id -> new: its resolve URLs redirect (307, same origin)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -189,12 +193,16 @@ class HubServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def cdn_url(self) -> str:
         # Another origin than the Hub endpoint, as the Hub's CDN is: clients must not send the token there.
-        return f"http://localhost:{self.port}"
+        return f"{self.scheme}://localhost:{self.port}"
 
     # -- faults ---------------------------------------------------------------------------------
     def drop(self, path: str, *after: int) -> None:
@@ -227,6 +235,12 @@ class HubServer:
         handler = type("Handler", (_Handler,), {"hub": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
+        if self.tls:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="hubserver", daemon=True)
         self._thread.start()
         return self
@@ -441,6 +455,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._check_token():
             return
         repo_part, _, tail = rest.partition("/resolve/")
+        if repo_part in self.hub.renamed:  # as the Hub answers for a moved repo: a relative redirect
+            self.send_response(307)
+            self.send_header("Location", f"/{self.hub.renamed[repo_part]}/resolve/{tail}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         repo = self.hub.repos.get(repo_part)
         if repo is None:
             return self._error(404, "RepoNotFound", "Repository not found")
@@ -574,6 +594,10 @@ class _Handler(BaseHTTPRequestHandler):
 # -- a repo of GGUF files like the ones on the Hub ------------------------------------------------
 TINY_REPO = "tiny-org/Tiny-MoE-GGUF"
 GATED_REPO = "tiny-org/Gated-MoE-GGUF"
+# A self-signed key and certificate for localhost and 127.0.0.1, for tests only (valid to 2126):
+# openssl req -x509 -newkey rsa:2048 -nodes -days 36500 -subj /CN=localhost \
+#     -addext subjectAltName=DNS:localhost,IP:127.0.0.1, key and certificate in one file.
+LOCALHOST_TLS = Path(__file__).resolve().parent / "data" / "localhost-tls.pem"
 SHARDS = tuple(f"Tiny-MoE-Q4_K_M-{i:05d}-of-00003.gguf" for i in (1, 2, 3))
 
 
@@ -665,6 +689,7 @@ def hub(hub_server, monkeypatch) -> HubServer:
     yield hub_server
     hub_server.release()
     hub_server.faults.clear()
+    hub_server.renamed.clear()
 
 
 # -- throughput: moecli's transfer against curl, from this server (not a test) ---------------------
@@ -680,15 +705,19 @@ def _serve_forever(path: Path, rate: float | None) -> None:
         sys.stdin.read()  # until the parent closes our stdin
 
 
-def bench(size: int, runs: int, workdir: Path, rate: float | None = None) -> None:
-    """Serve a sparse file of `size` bytes from a separate process (paced to `rate` bytes/s, as a
-    real link would be, when given) and download it, alternately,
-    with `curl -o`, with `curl -o` then `sha256sum` (the same guarantee moecli gives), and with
-    moecli.download.fetch (which hashes as it writes). Prints MiB/s per run, medians, and the CPU
-    seconds each client spent per GiB. Outputs are deleted before each run, so that none pays for
-    truncating a file that is still in page cache."""
+def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: Path | None = None) -> None:
+    """Serve a sparse file of `size` bytes (or the real GGUF `gguf`) from a separate process (paced
+    to `rate` bytes/s, as a real link would be, when given) and download it, alternately, with
+    `curl -o`, with `curl -o` then `sha256sum` (the same guarantee moecli gives), and with
+    moecli.download.fetch (which hashes as it writes); with `gguf`, also with the whole `moecli pull`
+    in a subprocess (its own figure: bytes over the seconds of its transfer, without start-up,
+    listing and plan; its CPU figure includes them). Prints MiB/s per run, medians, and the CPU
+    seconds each client spent per GiB.
+    Outputs are deleted and synced before each run, so that none pays for another's writeback."""
     import os
+    import re
     import resource
+    import shutil
     import statistics
     import subprocess
     import sys
@@ -698,15 +727,19 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None) -> Non
     from moecli.download import Digest, fetch
 
     workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / "served.gguf"
-    with open(source, "wb") as f:
-        f.truncate(size)
+    if gguf is None:
+        source = workdir / "served.gguf"
+        with open(source, "wb") as f:
+            f.truncate(size)
+    else:
+        source, size = gguf, gguf.stat().st_size
     pace = ["--rate-mib", str(rate / (1 << 20))] if rate else []
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(source), *pace], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         url, sha = server.stdout.readline().split()
         out = workdir / "out.gguf"
+        hf_home = workdir / "hf-home"
 
         def cpu(who: int) -> float:
             usage = resource.getrusage(who)
@@ -723,16 +756,27 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None) -> Non
         def moecli() -> None:
             fetch(url, out, label="bench", size=size, digest=Digest("sha256", sha), headers={}, on_bytes=lambda n: None)
 
+        def moecli_pull() -> float:
+            env = {**os.environ, "HF_ENDPOINT": url.split("/bench/")[0], "HF_HOME": str(hf_home),
+                   "MOECLI_HOME": str(workdir / "moecli-home")}
+            line = subprocess.run([sys.executable, "-m", "moecli", "pull", "bench/Big-GGUF:Q4_K_M", "--yes"], env=env,
+                                  check=True, capture_output=True, text=True).stdout
+            return float(re.search(r" in ([0-9.]+) s, ", line).group(1))
+
         clients = {"curl -o": curl, "curl -o && sha256sum": curl_sha256sum, "moecli fetch (+sha256)": moecli}
+        if gguf is not None:
+            clients["moecli pull (+sha256, CLI)"] = moecli_pull
         speed: dict[str, list[float]] = {name: [] for name in clients}
         cpu_per_gib: dict[str, list[float]] = {name: [] for name in clients}
         for i in range(runs):
             for name, client in clients.items():
                 out.unlink(missing_ok=True)
+                shutil.rmtree(hf_home, ignore_errors=True)
+                os.sync()
                 before = cpu(resource.RUSAGE_SELF) + cpu(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
-                client()
-                wall = time.perf_counter() - start
+                reported = client()
+                wall = reported or time.perf_counter() - start
                 spent = cpu(resource.RUSAGE_SELF) + cpu(resource.RUSAGE_CHILDREN) - before
                 speed[name].append(size / (1 << 20) / wall)
                 cpu_per_gib[name].append(spent / (size / (1 << 30)))
@@ -742,15 +786,16 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None) -> Non
         for name in clients:
             print(f"median {name:30s} {statistics.median(speed[name]):6.0f} MiB/s  "
                   f"{statistics.median(cpu_per_gib[name]):5.2f} CPU s/GiB")
-        ours = statistics.median(speed["moecli fetch (+sha256)"])
-        print(f"moecli / curl -o = {ours / statistics.median(speed['curl -o']):.2f};  "
-              f"moecli / (curl -o && sha256sum) = {ours / statistics.median(speed['curl -o && sha256sum']):.2f};  "
-              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        baseline = statistics.median(speed["curl -o"])
+        ratios = [f"{name} / curl -o = {statistics.median(speed[name]) / baseline:.2f}" for name in clients if "moecli" in name]
+        print("; ".join(ratios) + f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     finally:
         server.stdin.close()
         server.wait(timeout=30)
-        for path in (source, workdir / "out.gguf"):
+        for path in ([] if gguf else [source]) + [workdir / "out.gguf"]:
             path.unlink(missing_ok=True)
+        for folder in ("hf-home", "moecli-home"):
+            shutil.rmtree(workdir / folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
@@ -762,10 +807,11 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "moecli-hub-bench")
     parser.add_argument("--rate-mib", type=float, help="pace the server to this many MiB/s (a real link)")
+    parser.add_argument("--gguf", type=Path, help="serve this GGUF instead of a sparse file, and time `moecli pull` too")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     rate = args.rate_mib * (1 << 20) if args.rate_mib else None
     if args.serve:
         _serve_forever(args.serve, rate)
     else:
-        bench(args.size_mib << 20, args.runs, args.dir, rate)
+        bench(args.size_mib << 20, args.runs, args.dir, rate, args.gguf)

@@ -5,6 +5,7 @@ codes and no traceback as a shell sees them) and pseudo-terminals (80 columns, q
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -295,6 +296,7 @@ def test_pull_list_rm_end_to_end(hub):
     assert lines[0].startswith(f"{TINY_REPO}:Q4_K_M (") and "in 3 files): Q4_K_M was asked for" in lines[0]
     assert lines[1].startswith("on this machine: fits")  # the plan, before the download ...
     assert lines[-1].startswith(f"pulled {TINY_REPO}:Q4_K_M (downloaded ")  # ... and the result after it
+    assert re.search(r"\(downloaded [0-9.]+ [KM]iB in [0-9.]+ s, [0-9.]+ [KMG]iB/s\), verified: ", lines[-1])
     record = store.get(f"{TINY_REPO}:Q4_K_M")
     assert all(p.is_file() for p in record.paths)
 

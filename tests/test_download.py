@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 
 import pytest
-from hubserver import SHARDS, TINY_REPO, git_blob_id, hub, hub_server, tiny_files  # noqa: F401 - fixtures
+from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
+from hubserver import (GATED_REPO, GRANTED_TOKEN, LOCALHOST_TLS, SHARDS, TINY_REPO, HubServer, git_blob_id, hub,  # noqa: F401
+                       hub_server, tiny_files)
+
+from moecli import download
 
 from moecli.download import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
 from moecli.errors import DownloadError
@@ -136,3 +141,67 @@ def test_hash_file(tmp_path):
     done = []
     assert hash_file(path, Digest("sha256", ""), 20_000_000, done.append) == hashlib.sha256(b"x" * 20_000_000).hexdigest()
     assert sum(done) == 20_000_000
+
+
+def fetch_gated(hub, tmp_path, url: str, headers: dict[str, str]) -> None:
+    served = hub.repos[GATED_REPO].files["Gated-MoE-Q4_0.gguf"]
+    fetch(url, tmp_path / "p", label="gated", size=served.size, digest=Digest("sha256", served.sha256),
+          headers=headers, on_bytes=lambda n: None, options=FAST)
+
+
+def test_the_token_follows_a_redirect_within_the_hub_but_not_to_the_cdn(hub, tmp_path):
+    hub.renamed["old-org/Gated"] = GATED_REPO  # a moved repo: 307 to its new name, on the Hub's origin
+    fetch_gated(hub, tmp_path, f"{hub.url}/old-org/Gated/resolve/main/Gated-MoE-Q4_0.gguf",
+                {"Authorization": f"Bearer {GRANTED_TOKEN}", "user-agent": "moecli-test"})
+    assert [(r.path.split("?")[0].split("/resolve/")[0], r.status, r.authorized) for r in hub.requests] == [
+        ("/old-org/Gated", 307, True), (f"/{GATED_REPO}", 302, True),
+        (f"/cdn/{hub.repos[GATED_REPO].files['Gated-MoE-Q4_0.gguf'].sha256}", 206, False)]
+
+
+def test_an_error_answer_becomes_huggingface_hubs_own_error(hub, tmp_path):
+    with pytest.raises(GatedRepoError):
+        fetch_gated(hub, tmp_path, f"{hub.url}/{GATED_REPO}/resolve/main/Gated-MoE-Q4_0.gguf", {})
+    with pytest.raises(RepositoryNotFoundError):
+        fetch_gated(hub, tmp_path, f"{hub.url}/no-org/Nothing/resolve/main/x.gguf", {})
+    assert not (tmp_path / "p").exists()
+
+
+def test_offline_mode_is_honoured(hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE, as huggingface_hub read it at import
+    with pytest.raises(OfflineModeIsEnabled):
+        run(hub, SHARDS[0], tmp_path / "p")
+    assert hub.requests == []
+
+
+def test_a_stalled_connection_times_out_and_resumes(hub, tmp_path):
+    hub.stall(SHARDS[0], 300_000)  # every response stops after 300,000 bytes and hangs
+    partial = tmp_path / "p"
+    seen = run(hub, SHARDS[0], partial, options=TransferOptions(backoff=0.0, timeout=0.3))
+    assert partial.read_bytes() == target(hub, SHARDS[0]).read_all()
+    # every byte that came before a stall was kept: none was sent twice
+    assert seen["bytes"] == hub.sent(SHARDS[0]) == target(hub, SHARDS[0]).size
+
+
+@pytest.fixture
+def tls_hub(tiny_files):
+    """The Hub and its CDN over https, with a certificate no trust store knows unless told."""
+    download._tls_context.cache_clear()
+    with HubServer(tls=LOCALHOST_TLS) as hub:
+        hub.add_repo(TINY_REPO, {SHARDS[0]: tiny_files[SHARDS[0]]})
+        yield hub
+    download._tls_context.cache_clear()
+
+
+def test_https_is_verified_against_the_trust_store(tls_hub, tmp_path, monkeypatch):
+    with pytest.raises(DownloadError) as err:
+        run(tls_hub, SHARDS[0], tmp_path / "p")
+    assert re.fullmatch(r"the TLS certificate of 127\.0\.0\.1 \(or of where it redirects\) is not trusted: "
+                        r"self.signed certificate", err.value.message) and "SSL_CERT_FILE" in err.value.hint
+    assert len(tls_hub.requests) <= 1  # not tried again (the server logs a failed handshake at most)
+    download._tls_context.cache_clear()
+    monkeypatch.setenv("SSL_CERT_FILE", str(LOCALHOST_TLS))  # what httpx (and so huggingface_hub) trusts too
+    run(tls_hub, SHARDS[0], tmp_path / "p")
+    assert (tmp_path / "p").read_bytes() == target(tls_hub, SHARDS[0]).read_all()
+    assert tls_hub.requests[-1].host.startswith("localhost") and tls_hub.requests[-1].status == 206
