@@ -693,11 +693,11 @@ def hub(hub_server, monkeypatch) -> HubServer:
 
 
 # -- throughput: moecli's transfer against curl, from this server (not a test) ---------------------
-def _serve_forever(path: Path, rate: float | None) -> None:
+def _serve_forever(path: Path, rate: float | None, tls: bool = False) -> None:
     """Serve `path` as bench/Big-GGUF:Q4_K_M; print the resolve URL and the sha256, then wait."""
     import sys
 
-    with HubServer() as hub:
+    with HubServer(tls=LOCALHOST_TLS if tls else None) as hub:
         hub.faults.rate = rate
         hub.add_repo("bench/Big-GGUF", {"Big-Q4_K_M.gguf": path})
         served = hub.repos["bench/Big-GGUF"].files["Big-Q4_K_M.gguf"]
@@ -705,14 +705,16 @@ def _serve_forever(path: Path, rate: float | None) -> None:
         sys.stdin.read()  # until the parent closes our stdin
 
 
-def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: Path | None = None) -> None:
+def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: Path | None = None,
+          tls: bool = False) -> None:
     """Serve a sparse file of `size` bytes (or the real GGUF `gguf`) from a separate process (paced
     to `rate` bytes/s, as a real link would be, when given) and download it, alternately, with
     `curl -o`, with `curl -o` then `sha256sum` (the same guarantee moecli gives), and with
     moecli.download.fetch (which hashes as it writes); with `gguf`, also with the whole `moecli pull`
     in a subprocess (its own figure: bytes over the seconds of its transfer, without start-up,
-    listing and plan; its CPU figure includes them). Prints MiB/s per run, medians, and the CPU
-    seconds each client spent per GiB.
+    listing and plan; its CPU figure includes them). With `tls`, over https with the test
+    certificate (the server's TLS then takes CPU from the same two cores). Prints MiB/s per run,
+    medians, and the CPU seconds each client spent per GiB.
     Outputs are deleted and synced before each run, so that none pays for another's writeback."""
     import os
     import re
@@ -734,8 +736,10 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: 
     else:
         source, size = gguf, gguf.stat().st_size
     pace = ["--rate-mib", str(rate / (1 << 20))] if rate else []
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(source), *pace], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    if tls:
+        os.environ["SSL_CERT_FILE"] = str(LOCALHOST_TLS)  # for moecli (and httpx) in this process and the pull
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(source), *pace, *(["--tls"] if tls else [])],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         url, sha = server.stdout.readline().split()
         out = workdir / "out.gguf"
@@ -746,7 +750,8 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: 
             return usage.ru_utime + usage.ru_stime
 
         def curl() -> None:
-            subprocess.run(["curl", "-sSfL", "-o", str(out), url], check=True)
+            subprocess.run(["curl", "-sSfL", *(["--cacert", str(LOCALHOST_TLS)] if tls else []), "-o", str(out), url],
+                           check=True)
 
         def curl_sha256sum() -> None:
             curl()
@@ -808,10 +813,11 @@ if __name__ == "__main__":
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "moecli-hub-bench")
     parser.add_argument("--rate-mib", type=float, help="pace the server to this many MiB/s (a real link)")
     parser.add_argument("--gguf", type=Path, help="serve this GGUF instead of a sparse file, and time `moecli pull` too")
+    parser.add_argument("--tls", action="store_true", help="serve https (the test certificate in tests/data)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     rate = args.rate_mib * (1 << 20) if args.rate_mib else None
     if args.serve:
-        _serve_forever(args.serve, rate)
+        _serve_forever(args.serve, rate, args.tls)
     else:
-        bench(args.size_mib << 20, args.runs, args.dir, rate, args.gguf)
+        bench(args.size_mib << 20, args.runs, args.dir, rate, args.gguf, args.tls)
