@@ -6,13 +6,14 @@ Ctrl-C, a crash or a reboot a 20 GB file starts again from zero. Here the bytes 
 persistent partial file that a later run continues with an HTTP `Range` request.
 
 huggingface_hub lists, authenticates and lays out the cache; the body itself is read with the
-standard library (`urllib.request` -> `http.client`), because `readinto` there is one `recv_into`
-into a buffer of ours, where huggingface_hub's httpx2 copies every chunk three times inside h11.
-On the 2-core dev machine that was the difference between 0.7x and ~1x of curl's throughput from a
-local server (`python tests/hubserver.py`, a benchmark, not a test). What the Hub's own client would
-do is kept: proxies from the environment, its TLS trust store, its headers, redirects followed with
-the token sent only to the origin that was asked (the Hub's CDN is another origin), its error
-classes for an error answer, and HF_HUB_OFFLINE.
+standard library (`urllib.request` -> `http.client`), where a read is one `recv` straight from the
+socket (or, over TLS, one chunk assembled in C), while huggingface_hub's httpx2 copies every chunk
+three times inside h11. On the 2-core dev machine that was the difference between 0.71x and 1.11x
+curl's throughput from a local server (`python tests/hubserver.py`, a benchmark, not a test, with
+`--tls`, `--rate-mib` and `--gguf FILE` to time a whole `moecli pull`). What the Hub's own client
+would do is kept: proxies from the environment, its TLS trust store, its headers, redirects
+followed with the token sent only to the origin that was asked (the Hub's CDN is another origin),
+its error classes for an error answer, and HF_HUB_OFFLINE.
 
 The digest is computed as the bytes arrive, on a second thread (no second read of a finished file).
 The one read from disk is the prefix of a partial file left by an earlier run: a hash state cannot
