@@ -205,3 +205,12 @@ def test_https_is_verified_against_the_trust_store(tls_hub, tmp_path, monkeypatc
     run(tls_hub, SHARDS[0], tmp_path / "p")
     assert (tmp_path / "p").read_bytes() == target(tls_hub, SHARDS[0]).read_all()
     assert tls_hub.requests[-1].host.startswith("localhost") and tls_hub.requests[-1].status == 206
+
+
+def test_a_file_of_another_size_than_the_hub_lists_is_refused_before_writing(hub, tmp_path):
+    served = target(hub, SHARDS[2])
+    with pytest.raises(DownloadError) as err:
+        fetch(url_of(hub, SHARDS[2]), tmp_path / "p", label=SHARDS[2], size=served.size + 10,
+              digest=Digest("sha256", served.sha256), headers={}, on_bytes=lambda n: None, options=FAST)
+    assert f"{served.size - 1}/{served.size}'" in err.value.message and f"{served.size + 10} bytes" in err.value.message
+    assert not (tmp_path / "p").exists()
