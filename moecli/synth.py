@@ -253,26 +253,24 @@ def _rand_bytes(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
 
 def _q4_k(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
     # block_q4_K: d, dmin (f16), scales[12], qs[128]; w = d*sc*q - dmin*m, q uniform in 0..15.
-    # m = sc and dmin = 7.5*d (the mean quant value) make every sub-block zero-mean.
-    sc = rng.integers(32, 64, size=(n, 8), dtype=np.uint8)
-    d = _super_scale(rng, n, std, _rms(range(32, 64)) * _uniform_std(16)).astype(np.float16)
-    out = np.empty((n, 144), dtype=np.uint8)
-    out[:, 0:2] = _f16(d)
-    out[:, 2:4] = _f16(d.astype(np.float32) * 7.5)
-    out[:, 4:16] = _pack_k4_scales(sc, sc)
-    out[:, 16:] = _rand_bytes(rng, n, 128)
-    return out
+    return _k_quant_with_mins(rng, n, std, levels=16, quant_bytes=128)
 
 
 def _q5_k(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
-    # block_q5_K: d, dmin, scales[12], qh[32], qs[128]; q = 5 bits uniform in 0..31, mean 15.5.
+    # block_q5_K: d, dmin, scales[12], qh[32], qs[128]; q = 5 bits uniform in 0..31.
+    return _k_quant_with_mins(rng, n, std, levels=32, quant_bytes=160)
+
+
+def _k_quant_with_mins(rng: np.random.Generator, n: int, std: float, levels: int, quant_bytes: int) -> np.ndarray:
+    """Q4_K and Q5_K blocks: d, dmin (f16), 8 six-bit scales and mins in 12 bytes, then the quants.
+    m = sc and dmin = d * the mean quant value ((levels - 1) / 2) make every sub-block zero-mean."""
     sc = rng.integers(32, 64, size=(n, 8), dtype=np.uint8)
-    d = _super_scale(rng, n, std, _rms(range(32, 64)) * _uniform_std(32)).astype(np.float16)
-    out = np.empty((n, 176), dtype=np.uint8)
+    d = _super_scale(rng, n, std, _rms(range(32, 64)) * _uniform_std(levels)).astype(np.float16)
+    out = np.empty((n, 16 + quant_bytes), dtype=np.uint8)
     out[:, 0:2] = _f16(d)
-    out[:, 2:4] = _f16(d.astype(np.float32) * 15.5)
+    out[:, 2:4] = _f16(d.astype(np.float32) * ((levels - 1) / 2))
     out[:, 4:16] = _pack_k4_scales(sc, sc)
-    out[:, 16:] = _rand_bytes(rng, n, 160)
+    out[:, 16:] = _rand_bytes(rng, n, quant_bytes)
     return out
 
 
