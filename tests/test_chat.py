@@ -156,10 +156,9 @@ def engine(demo_model_session):
         yield e
 
 
-def test_repl_turns_and_commands_on_the_demo_model(engine):
-    out = pipe_output()
-    session = ChatSession(engine, Sampling(seed=3, n_predict=12), out)
-    lines = iter(["Hello", "/stats", "/system Be brief.", "/system", "/reset", "/help", "/bogus", "  ", "Hi again"])
+def scripted(typed: list[str]):
+    """A read_line for run_repl that returns `typed` line by line, then EOF (Ctrl-D)."""
+    lines = iter(typed)
 
     def read_line(prompt: str) -> str:
         try:
@@ -167,7 +166,14 @@ def test_repl_turns_and_commands_on_the_demo_model(engine):
         except StopIteration:
             raise EOFError from None
 
-    run_repl(session, read_line, out)
+    return read_line
+
+
+def test_repl_turns_and_commands_on_the_demo_model(engine):
+    out = pipe_output()
+    session = ChatSession(engine, Sampling(seed=3, n_predict=12), out)
+    typed = ["Hello", "/stats", "/system Be brief.", "/system", "/reset", "/help", "/bogus", "  ", "Hi again"]
+    run_repl(session, scripted(typed), out)
     stdout, stderr = out.stdout.getvalue(), out.stderr.getvalue()
     assert ESC not in stdout + stderr
     assert len(session.history) == 2 and all(f.predicted_n > 0 for f in session.history)
@@ -182,15 +188,7 @@ def test_repl_turns_and_commands_on_the_demo_model(engine):
 def test_an_error_in_one_turn_leaves_the_chat_going(engine):
     out = pipe_output()
     session = ChatSession(engine, Sampling(seed=3, n_predict=4), out)
-    lines = iter(["word " * 800, "Hello"])  # the first is larger than the 512-token context
-
-    def read_line(prompt: str) -> str:
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
-
-    run_repl(session, read_line, out)
+    run_repl(session, scripted(["word " * 800, "Hello"]), out)  # the first is larger than the 512-token context
     errors = [line for line in out.stderr.getvalue().splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "does not fit the context (512)" in errors[0]
     assert [m["role"] for m in session.messages] == ["user", "assistant"]  # the failed turn left no trace
