@@ -73,8 +73,9 @@ class TransferOptions:
     backoff: float = 1.0  # seconds before the first retry, doubled each time, at most 8
     timeout: float | None = None  # seconds without a byte; None: HF_HUB_DOWNLOAD_TIMEOUT or 10
     # Bytes per read: each chunk is received, written and hashed while it is still in cache. 1 GiB
-    # from a local server on the 2-core dev machine (1 MiB L2 per core), medians of 6, curl 969
-    # MiB/s: 64 KiB 619 (Python's cost per read), 256 KiB 981, 1 MiB 914 (read back from memory).
+    # from a local server on the 2-core dev machine (1 MiB L2 per core), medians of 5 against curl
+    # (`python tests/hubserver.py --runs 5 --chunk-kib N`): 64 KiB 0.71x (Python's cost per read),
+    # 256 KiB 1.02x, 1 MiB 0.92x (each chunk read back from memory).
     chunk_bytes: int = 256 * 1024
     chunks_in_flight: int = 16  # written, waiting for the hash thread: 4 MiB, within the shared L3
 

@@ -706,7 +706,7 @@ def _serve_forever(path: Path, rate: float | None, tls: bool = False) -> None:
 
 
 def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: Path | None = None,
-          tls: bool = False) -> None:
+          tls: bool = False, chunk_bytes: int | None = None) -> None:
     """Serve a sparse file of `size` bytes (or the real GGUF `gguf`) from a separate process (paced
     to `rate` bytes/s, as a real link would be, when given) and download it, alternately, with
     `curl -o`, with `curl -o` then `sha256sum` (the same guarantee moecli gives), and with
@@ -714,7 +714,8 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: 
     in a subprocess (its own figure: bytes over the seconds of its transfer, without start-up,
     listing and plan; its CPU figure includes them). With `tls`, over https with the test
     certificate (the server's TLS then takes CPU from the same two cores). Prints MiB/s per run,
-    medians, and the CPU seconds each client spent per GiB.
+    medians, and the CPU seconds each client spent per GiB. `chunk_bytes` overrides the transfer's
+    read size (TransferOptions.chunk_bytes) for moecli fetch.
     Outputs are deleted and synced before each run, so that none pays for another's writeback."""
     import os
     import re
@@ -726,7 +727,7 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: 
     import time
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from moecli.download import Digest, fetch
+    from moecli.download import Digest, TransferOptions, fetch
 
     workdir.mkdir(parents=True, exist_ok=True)
     if gguf is None:
@@ -759,7 +760,9 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: 
             assert got == sha
 
         def moecli() -> None:
-            fetch(url, out, label="bench", size=size, digest=Digest("sha256", sha), headers={}, on_bytes=lambda n: None)
+            options = TransferOptions(chunk_bytes=chunk_bytes) if chunk_bytes else TransferOptions()
+            fetch(url, out, label="bench", size=size, digest=Digest("sha256", sha), headers={}, on_bytes=lambda n: None,
+                  options=options)
 
         def moecli_pull() -> float:
             env = {**os.environ, "HF_ENDPOINT": url.split("/bench/")[0], "HF_HOME": str(hf_home),
@@ -814,10 +817,12 @@ if __name__ == "__main__":
     parser.add_argument("--rate-mib", type=float, help="pace the server to this many MiB/s (a real link)")
     parser.add_argument("--gguf", type=Path, help="serve this GGUF instead of a sparse file, and time `moecli pull` too")
     parser.add_argument("--tls", action="store_true", help="serve https (the test certificate in tests/data)")
+    parser.add_argument("--chunk-kib", type=int, help="moecli fetch's read size (default: TransferOptions')")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     rate = args.rate_mib * (1 << 20) if args.rate_mib else None
     if args.serve:
         _serve_forever(args.serve, rate, args.tls)
     else:
-        bench(args.size_mib << 20, args.runs, args.dir, rate, args.gguf, args.tls)
+        bench(args.size_mib << 20, args.runs, args.dir, rate, args.gguf, args.tls,
+              args.chunk_kib << 10 if args.chunk_kib else None)
