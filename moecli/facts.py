@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-
 KV_CELL_PAD = 256  # llama_context pads the KV cell count to a multiple of 256
 
 

@@ -310,7 +310,7 @@ class _Cursor:
             # stops (struct.error) at the first length field the window does not hold.
             done = 0
             try:
-                for done in range(1, min(count, max(len(buf) - i, 0) // 8) + 1):
+                for done in range(1, min(count, max(len(buf) - i, 0) // 8) + 1):  # noqa: B007 - counted after the loop
                     i += 8 + unpack_from(buf, i)[0]
                 else:
                     done += 1

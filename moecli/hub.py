@@ -43,9 +43,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
 from moecli import paths, store
-from moecli.gguf import split_info
 from moecli.download import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
 from moecli.errors import BadInput, DiskSpaceError, DoesNotFit, DownloadError, HubError, ModelFileError
+from moecli.gguf import split_info
 from moecli.units import fmt_bytes
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -107,7 +107,8 @@ def _token(env: Mapping[str, str], hf_home: Path) -> str | None:
 def _quiet_hub():
     """huggingface_hub's retry chatter, warnings and progress bars are not for our user: moecli
     reports progress itself and turns failures into one line."""
-    from huggingface_hub.utils import disable_progress_bars, logging as hf_logging
+    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     disable_progress_bars()

@@ -29,7 +29,13 @@ from moecli.errors import BadInput, DoesNotFit, NotMoE
 from moecli.facts import KV_CELL_PAD, GpuFacts, KvLayer, MachineFacts, ModelFacts, Role, TensorInfo
 from moecli.ggml import bits_per_weight, row_bytes
 from moecli.params import (
-    ALL_LAYERS, CPU, EXPS_REGEX, KV_TYPES, LlamaParams, TensorOverride, layer_tensor_pattern,
+    ALL_LAYERS,
+    CPU,
+    EXPS_REGEX,
+    KV_TYPES,
+    LlamaParams,
+    TensorOverride,
+    layer_tensor_pattern,
 )
 from moecli.units import GiB, MiB, fmt_bytes
 

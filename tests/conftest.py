@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# the fixtures of the CLI helpers and of the local Hub server, for every test module
+pytest_plugins = ["cliutil", "hubserver"]
+
 
 @pytest.fixture(scope="session")
 def demo_model_session(tmp_path_factory) -> Path:

@@ -168,7 +168,7 @@ def moe_model(*, n_layer: int = 8, n_embd: int = 256, n_vocab: int = 1024, n_exp
         specs.append(Spec("output.weight", (n_embd, n_vocab), other_type, R.OUTPUT, None))
     kv, n_recurrent = [], 0
     for i in range(n_layer):
-        def t(suffix, shape, ggml_type, role):
+        def t(suffix, shape, ggml_type, role, i=i):
             return Spec(f"blk.{i}.{suffix}", shape, ggml_type, role, i)
         specs.append(t("attn_norm.weight", (n_embd,), "F32", R.NORM))
         if (i + 1) % attention_every == 0:
@@ -221,7 +221,7 @@ def dense_model(*, n_layer: int = 8, n_embd: int = 512, n_vocab: int = 2048, n_f
     if not tied_output:
         specs.append(Spec("output.weight", (n_embd, n_vocab), ggml_type, R.OUTPUT, None))
     for i in range(n_layer):
-        def t(suffix, shape, role):
+        def t(suffix, shape, role, i=i):
             return Spec(f"blk.{i}.{suffix}", shape, "F32" if len(shape) == 1 else ggml_type, role, i)
         specs += [t("attn_norm.weight", (n_embd,), R.NORM),
                   t("attn_q.weight", (n_embd, n_embd), R.ATTENTION),

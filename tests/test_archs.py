@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+import archspecs
 import pytest
 
-import archspecs
 from moecli.archs import describe
 from moecli.errors import ModelFileError
 from moecli.facts import ModelFacts, Role

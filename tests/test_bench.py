@@ -8,7 +8,7 @@ import io
 import json
 
 import pytest
-from cliutil import ESC, assert_one_error, invoke, measured_bandwidth, probed_once  # noqa: F401 - fixtures
+from cliutil import ESC, assert_one_error, invoke
 
 from moecli.bench import FIELDS, BenchResult, agree, mean, median, stdev, to_csv
 from moecli.synth import build_recipe

@@ -8,12 +8,11 @@ import io
 import re
 
 import pytest
-from cliutil import ESC, invoke, measured_bandwidth, plain, probed_once, screen, spawn  # noqa: F401 - fixtures
+from cliutil import ESC, invoke, plain, screen, spawn
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from moecli import synth
-from moecli.chat import (ChatSession, ThinkSplitter, figures_of, handle_command, opens_thinking, run_repl,
-                         show_stats)
+from moecli.chat import ChatSession, ThinkSplitter, figures_of, handle_command, opens_thinking, run_repl, show_stats
 from moecli.engine import Engine, Sampling, Timings
 from moecli.output import Output
 from moecli.params import LlamaParams

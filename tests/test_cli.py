@@ -14,20 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from cliutil import (  # noqa: F401 - fixtures
-    ESC,
-    ROOT,
-    assert_one_error,
-    env,
-    invoke,
-    measured_bandwidth,
-    moecli,
-    plain,
-    probed_once,
-    screen,
-    spawn,
-)
-from hubserver import GATED_REPO, TINY_REPO, hub, hub_server, tiny_files  # noqa: F401 - fixtures
+from cliutil import ESC, ROOT, assert_one_error, env, invoke, moecli, screen, spawn
+from hubserver import GATED_REPO, TINY_REPO
 
 from moecli import store
 from moecli.synth import build_recipe

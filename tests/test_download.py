@@ -7,12 +7,10 @@ import re
 import socket
 
 import pytest
+from hubserver import GATED_REPO, GRANTED_TOKEN, LOCALHOST_TLS, SHARDS, TINY_REPO, HubServer, git_blob_id
 from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
-from hubserver import (GATED_REPO, GRANTED_TOKEN, LOCALHOST_TLS, SHARDS, TINY_REPO, HubServer, git_blob_id, hub,  # noqa: F401
-                       hub_server, tiny_files)
 
 from moecli import download
-
 from moecli.download import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
 from moecli.errors import DownloadError
 

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from moecli.engine import (Engine, LoadReport, Sampling, Utf8Stream, available_buffer_types, dry_run,
-                           gpu_offload_supported)
+from moecli.engine import Engine, LoadReport, Sampling, Utf8Stream, available_buffer_types, dry_run, gpu_offload_supported
 from moecli.errors import BadInput, EngineError, ModelFileError
 from moecli.gguf import read_model
 from moecli.params import EXPS_REGEX, LlamaParams, TensorOverride

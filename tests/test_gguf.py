@@ -13,10 +13,10 @@ from pathlib import Path
 
 import gguf as gguf_pkg
 import pytest
+from archspecs import mixtral_8x7b, qwen36_35b_a3b
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from archspecs import mixtral_8x7b, qwen36_35b_a3b
 from moecli.errors import ModelFileError
 from moecli.facts import Role
 from moecli.gguf import FIRST_CHUNK, MAX_CHUNK, classify, read_header, read_model, shard_locations

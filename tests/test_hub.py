@@ -12,17 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hubserver import GATED_REPO, GRANTED_TOKEN, NOT_GRANTED_TOKEN, SHARDS, TINY_REPO
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from hubserver import (  # noqa: F401 - fixtures
-    GATED_REPO,
-    GRANTED_TOKEN,
-    NOT_GRANTED_TOKEN,
-    SHARDS,
-    TINY_REPO,
-    hub,
-    hub_server,
-    tiny_files,
-)
 
 from moecli import hub as hubmod
 from moecli import models, paths, store
@@ -593,8 +584,8 @@ def test_progress_reports_speed_and_eta_over_the_last_seconds():
 
 
 def test_an_endpoint_that_is_not_a_hub(monkeypatch):
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Html(BaseHTTPRequestHandler):
         def do_GET(self):

@@ -160,9 +160,9 @@ def test_ngl_offloads_the_last_layers_and_the_output_first():
     assert only_output.placement.gpu_layers == () and only_output.placement.output_on_gpu
     none = evaluate(model, machine, LlamaParams(n_gpu_layers=0))
     assert none.gpu.weights == 0 and not none.placement.output_on_gpu
-    for p in (p, only_output, none):
-        assert device_of(p, "token_embd.weight") == "CPU"
-        assert p.weights_add_up()
+    for each in (p, only_output, none):
+        assert device_of(each, "token_embd.weight") == "CPU"
+        assert each.weights_add_up()
 
 
 def test_overrides_first_match_wins_and_catch_whatever_they_match():

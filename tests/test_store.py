@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hubserver import SHARDS, TINY_REPO
 from huggingface_hub import hf_hub_download
-from hubserver import SHARDS, TINY_REPO, hub, hub_server, tiny_files  # noqa: F401 - fixtures
 
 from moecli import hub as hubmod
 from moecli import paths, store

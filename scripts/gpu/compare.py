@@ -45,14 +45,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import report  # scripts/gpu/report.py, beside this file (the script's folder is on sys.path): checks, the page
+
 from moecli import gguf as moe_gguf
 from moecli import machine as moe_machine
 from moecli import planner
 from moecli.facts import MachineFacts, ModelFacts
 from moecli.params import ALL_LAYERS, LlamaParams, TensorOverride
 from moecli.units import GiB, MiB
-
-import report  # scripts/gpu/report.py, beside this file (the script's folder is on sys.path): checks, the page
 
 N_PROMPT = 512
 N_GEN = 128

@@ -126,7 +126,7 @@ def _checks(results: dict) -> list[dict]:
                          "needs": f"within {mib(allowed)}", "verdict": "pass" if abs(err) <= allowed else "FAIL"})
     for group in groups(results):
         kinds = _by_kind(results, group)
-        first = lambda kind: next((r for r in kinds.get(kind, []) if _measured(r)), None)  # noqa: E731
+        first = lambda kind, kinds=kinds: next((r for r in kinds.get(kind, []) if _measured(r)), None)  # noqa: E731
         plan, plan_lb, fitter, naive = first("plan"), first("plan@lb"), first("fitter"), first("naive")
         t = lambda rec, test: (rec or {}).get("tests", {}).get(test)  # noqa: E731
         rows.append(_check("moecli bench vs llama-bench, same flags: decode", group,
