@@ -11,15 +11,14 @@ reply starts inside the thinking without a tag of its own: the rendered prompt s
 
 from __future__ import annotations
 
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from rich.live import Live
 from rich.text import Text
 
+from moecli.app.running import ctrl_c_sets
 from moecli.errors import MoecliError
 from moecli.output import Output
 
@@ -118,26 +117,6 @@ def figures_of(timings, stopped: bool = False, stop_reason: str | None = None) -
         stopped=stopped,
         context_full=stop_reason == "context_full",
     )
-
-
-@contextmanager
-def ctrl_c_sets(flag: list[bool]):
-    """While the block runs, Ctrl-C only raises a flag that the code polls (between tokens, between
-    load steps): a KeyboardInterrupt raised inside a llama.cpp callback would be lost (ctypes
-    prints and drops it) or leave llama.cpp's state unknown."""
-
-    def handler(signum, frame):
-        flag[0] = True
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread (tests): nothing to install
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class _Counter:

@@ -7,9 +7,12 @@ Flags keep llama.cpp's names and meanings (`-ngl`, `--n-cpu-moe`, `--cpu-moe`, `
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
+import typing
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,7 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from moecli import __version__
-from moecli.errors import BadInput, DoesNotFit, EngineError, MoecliError, NotMoE
+from moecli.errors import BadInput, MoecliError
 from moecli.output import Output
 
 
@@ -48,28 +51,60 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# --- options shared by several commands (llama.cpp's names) ---------------------------------------
+# --- options (llama.cpp's names) -------------------------------------------------------------------
 ModelArg = Annotated[str, typer.Argument(help="A GGUF path, a pulled model, org/repo:QUANT, an alias, or 'demo'.", show_default=False)]
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Plan for a machine profile (configs/machines), e.g. gtx1060-6gb.", rich_help_panel="Machine")]
-VramOpt = Annotated[Optional[str], typer.Option("--vram", help="The GPU's memory to plan for, e.g. 6GiB.", rich_help_panel="Machine")]
-RamOpt = Annotated[Optional[str], typer.Option("--ram", help="The machine's RAM to plan for, e.g. 32GiB.", rich_help_panel="Machine")]
-CpuOnlyOpt = Annotated[bool, typer.Option("--cpu-only", help="Use no GPU.", rich_help_panel="Machine")]
-MarginOpt = Annotated[Optional[str], typer.Option("--margin", help="VRAM kept free below the budget (default 256MiB).", rich_help_panel="Machine")]
-CtxOpt = Annotated[Optional[str], typer.Option("--ctx-size", "-c", "--ctx", help="Context in tokens (8192, 32k) or 'max'. Default 4096.", rich_help_panel="Context")]
-CtkOpt = Annotated[Optional[str], typer.Option("--cache-type-k", "-ctk", help="KV cache type for K (f16, q8_0, q4_0, ...).", rich_help_panel="Context")]
-CtvOpt = Annotated[Optional[str], typer.Option("--cache-type-v", "-ctv", help="KV cache type for V.", rich_help_panel="Context")]
-NoKvQuantOpt = Annotated[bool, typer.Option("--no-kv-quant", help="Never quantize the KV cache to make room.", rich_help_panel="Context")]
-UbOpt = Annotated[Optional[int], typer.Option("--ubatch-size", "-ub", help="Physical batch size.", rich_help_panel="Context")]
-BOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Logical batch size.", rich_help_panel="Context")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: physical cores).", rich_help_panel="Context")]
-LoadModeOpt = Annotated[Optional[str], typer.Option("--load-mode", "-lm", help="auto, none (read into RAM), mmap, mlock, mmap+mlock, dio.", rich_help_panel="Context")]
-NoMmapOpt = Annotated[bool, typer.Option("--no-mmap", help="Read the weights into RAM (= -lm none).", rich_help_panel="Context")]
-MlockOpt = Annotated[bool, typer.Option("--mlock", help="Keep the weights in RAM (= -lm mlock).", rich_help_panel="Context")]
-FaOpt = Annotated[Optional[str], typer.Option("--flash-attn", "-fa", help="on, off or auto.", rich_help_panel="Context")]
-NglOpt = Annotated[Optional[str], typer.Option("--n-gpu-layers", "-ngl", "--gpu-layers", help="Layers on the GPU: a number or 'all' (default: the plan's).", rich_help_panel="Placement (llama.cpp flags; default: moecli's plan)")]
-NcmoeOpt = Annotated[Optional[int], typer.Option("--n-cpu-moe", "-ncmoe", help="Keep the experts of the first N layers on the CPU.", rich_help_panel="Placement (llama.cpp flags; default: moecli's plan)")]
-CmoeOpt = Annotated[bool, typer.Option("--cpu-moe", "-cmoe", help="Keep every expert on the CPU.", rich_help_panel="Placement (llama.cpp flags; default: moecli's plan)")]
-OtOpt = Annotated[Optional[list[str]], typer.Option("--override-tensor", "-ot", help="PATTERN=BUFFER_TYPE[,...], e.g. 'blk\\.1[0-9]\\.ffn_.*_exps=CPU'.", rich_help_panel="Placement (llama.cpp flags; default: moecli's plan)")]
+_PLACEMENT = "Placement (llama.cpp flags; default: moecli's plan)"
+
+# The options `plan`, `run` and `bench` share, declared once: `with_plan_options` adds them to a
+# command's signature and hands the command one `app.Request` built from them.
+_PLAN_OPTIONS: dict[str, tuple[object, object]] = {  # name -> (annotation, default)
+    "profile": (Annotated[Optional[str], typer.Option("--profile", help="Plan for a machine profile (configs/machines), e.g. gtx1060-6gb.", rich_help_panel="Machine")], None),
+    "vram": (Annotated[Optional[str], typer.Option("--vram", help="The GPU memory to plan for, e.g. 6GiB.", rich_help_panel="Machine")], None),
+    "ram": (Annotated[Optional[str], typer.Option("--ram", help="The machine's RAM to plan for, e.g. 32GiB.", rich_help_panel="Machine")], None),
+    "cpu_only": (Annotated[bool, typer.Option("--cpu-only", help="Use no GPU.", rich_help_panel="Machine")], False),
+    "margin": (Annotated[Optional[str], typer.Option("--margin", help="VRAM kept free below the budget (default 256MiB).", rich_help_panel="Machine")], None),
+    "ctx": (Annotated[Optional[str], typer.Option("--ctx-size", "-c", "--ctx", help="Context in tokens (8192, 32k) or 'max'. Default 4096.", rich_help_panel="Context")], None),
+    "ctk": (Annotated[Optional[str], typer.Option("--cache-type-k", "-ctk", help="KV cache type for K (f16, q8_0, q4_0, ...).", rich_help_panel="Context")], None),
+    "ctv": (Annotated[Optional[str], typer.Option("--cache-type-v", "-ctv", help="KV cache type for V.", rich_help_panel="Context")], None),
+    "no_kv_quant": (Annotated[bool, typer.Option("--no-kv-quant", help="Never quantize the KV cache to make room.", rich_help_panel="Context")], False),
+    "ub": (Annotated[Optional[int], typer.Option("--ubatch-size", "-ub", help="Physical batch size.", rich_help_panel="Context")], None),
+    "b": (Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Logical batch size.", rich_help_panel="Context")], None),
+    "threads": (Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: physical cores).", rich_help_panel="Context")], None),
+    "load_mode": (Annotated[Optional[str], typer.Option("--load-mode", "-lm", help="auto, none (read into RAM), mmap, mlock, mmap+mlock, dio.", rich_help_panel="Context")], None),
+    "no_mmap": (Annotated[bool, typer.Option("--no-mmap", help="Read the weights into RAM (= -lm none).", rich_help_panel="Context")], False),
+    "mlock": (Annotated[bool, typer.Option("--mlock", help="Keep the weights in RAM (= -lm mlock).", rich_help_panel="Context")], False),
+    "fa": (Annotated[Optional[str], typer.Option("--flash-attn", "-fa", help="on, off or auto.", rich_help_panel="Context")], None),
+    "ngl": (Annotated[Optional[str], typer.Option("--n-gpu-layers", "-ngl", "--gpu-layers", help="Layers on the GPU: a number, 'all' (or -1), or 'auto' (default: the plan's).", rich_help_panel=_PLACEMENT)], None),
+    "ncmoe": (Annotated[Optional[int], typer.Option("--n-cpu-moe", "-ncmoe", help="Keep the experts of the first N layers on the CPU.", rich_help_panel=_PLACEMENT)], None),
+    "cmoe": (Annotated[bool, typer.Option("--cpu-moe", "-cmoe", help="Keep every expert on the CPU.", rich_help_panel=_PLACEMENT)], False),
+    "ot": (Annotated[Optional[list[str]], typer.Option("--override-tensor", "-ot", help="PATTERN=BUFFER_TYPE[,...], e.g. 'blk\\.1[0-9]\\.ffn_.*_exps=CPU'.", rich_help_panel=_PLACEMENT)], None),
+}
+
+
+def with_plan_options(command: Callable) -> Callable:
+    """Add the shared planning options to `command`, which takes them as one `request` argument
+    (an `app.Request`) and knows whether `-c` was typed (`ctx_given`)."""
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)  # the command's own Annotated options
+    own = [p.replace(annotation=hints.get(name, p.annotation)) for name, p in signature.parameters.items()
+           if name not in ("request", "ctx_given")]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+             for name, (annotation, default) in _PLAN_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        from moecli import app as usecases
+
+        options = {name: kwargs.pop(name) for name in _PLAN_OPTIONS}
+        extra = {"ctx_given": options["ctx"] is not None} if "ctx_given" in signature.parameters else {}
+        return command(request=usecases.Request.from_options(**options), **kwargs, **extra)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added])
+    wrapper.__annotations__ = {p.name: p.annotation for p in [*own, *added]}
+    del wrapper.__wrapped__  # typer must see the new signature, not the command's
+    return wrapper
+
+
 VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's own log.")]
 
 
@@ -93,97 +128,10 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     pass
 
 
-# --- building the core's inputs from options -------------------------------------------------------
-def _machine(profile, vram, ram, cpu_only, *, for_loading: bool = False):
-    """The machine to plan for; for loading, as this llama.cpp build can use it."""
-    from moecli import machine
-
-    facts = machine.resolve(profile=profile, vram=vram, ram=ram, cpu_only=cpu_only)
-    if not for_loading or not facts.gpus:
-        return facts, None
-    from moecli import engine  # loads libllama: only when a model will be loaded
-
-    if not engine.gpu_offload_supported():
-        return machine.apply_overrides(facts, cpu_only=True), (
-            "this llama.cpp build has no GPU support: running on the CPU "
-            "(reinstall llama-cpp-python with CMAKE_ARGS=-DGGML_CUDA=on for the GPU)")
-    return facts, None
-
-
-def _wishes(*, ctx=None, ctk=None, ctv=None, no_kv_quant=False, ub=None, b=None, threads=None, load_mode=None,
-            no_mmap=False, mlock=False, fa=None, vram=None, margin=None):
-    from moecli import planner
-    from moecli.units import parse_size
-
-    if sum(bool(x) for x in (load_mode, no_mmap, mlock)) > 1:
-        raise BadInput("-lm, --no-mmap and --mlock say the same thing differently", "give one of them")
-    mode = load_mode or ("none" if no_mmap else "mlock" if mlock else None)
-    return planner.Wishes(
-        n_ctx=planner.parse_ctx(ctx) if ctx else None,
-        vram_budget=parse_size(vram, "--vram") if vram else None,
-        margin=parse_size(margin, "--margin") if margin else None,
-        type_k=ctk, type_v=ctv, allow_kv_quant=not no_kv_quant, n_ubatch=ub, n_batch=b, threads=threads,
-        load_mode=mode, flash_attn=fa,
-    )
-
-
-def _placement_flags(ngl, ncmoe, cmoe, ot) -> dict | None:
-    """The placement the user typed, in LlamaParams fields; None when they left it to the plan."""
-    from moecli.params import ALL_LAYERS, TensorOverride
-
-    if ngl is None and ncmoe is None and not cmoe and not ot:
-        return None
-    flags: dict = {}
-    if ngl is not None:
-        if ngl.lower() in ("all", "-1", "999", "99"):
-            flags["n_gpu_layers"] = ALL_LAYERS
-        elif ngl.lower() == "auto":
-            pass
-        elif ngl.isdigit():
-            flags["n_gpu_layers"] = int(ngl)
-        else:
-            raise BadInput(f"-ngl {ngl!r} is not a number of layers", "give a number, 'all' or 'auto'")
-    flags["cpu_moe"] = cmoe
-    flags["n_cpu_moe"] = ncmoe or 0
-    flags["tensor_overrides"] = tuple(o for text in ot or () for o in TensorOverride.parse_list(text))
-    return flags
-
-
-def _check_flags(facts, machine, flags, *, planning: bool) -> None:
-    """Placement flags that cannot mean anything here, refused before anything is planned or loaded:
-    expert flags on a dense model, GPU placement without a GPU."""
-    if flags is None:
-        return
-    if (flags["cpu_moe"] or flags["n_cpu_moe"]) and not facts.is_moe:
-        raise NotMoE(f"{facts.name} is a dense model: --cpu-moe/--n-cpu-moe move expert tensors and it has none",
-                     "drop them; use -ngl to split its layers")
-    if machine.gpus:
-        return
-    gpu_flags = [name for name, given in (("-ngl", flags.get("n_gpu_layers") not in (None, 0)),
-                                          ("--n-cpu-moe", bool(flags["n_cpu_moe"])),
-                                          ("--cpu-moe", flags["cpu_moe"])) if given]
-    if gpu_flags:
-        if planning:
-            raise BadInput(f"{', '.join(gpu_flags)} place tensors between a GPU and the CPU, and the machine planned "
-                           "for has no GPU", "plan for one with --vram 6GiB or --profile NAME, or drop them")
-        raise EngineError(f"no GPU to load on: {', '.join(gpu_flags)} place tensors between a GPU and the CPU",
-                          "drop them to run on the CPU (or install llama-cpp-python with CUDA for the GPU)")
-
-
-def _plan(facts, machine, wishes, flags):
-    """moecli's plan, or the user's own placement accounted for on top of it."""
-    from moecli import planner
-    from moecli.params import LlamaParams
-
-    if flags is None:
-        return planner.plan(facts, machine, wishes)
-    try:
-        base = planner.plan(facts, machine, wishes).params
-    except DoesNotFit:
-        base = LlamaParams(n_ctx=wishes.n_ctx if isinstance(wishes.n_ctx, int) else planner.DEFAULT_CTX)
-    params = base.with_(n_gpu_layers=flags.get("n_gpu_layers", base.n_gpu_layers), cpu_moe=flags["cpu_moe"],
-                        n_cpu_moe=flags["n_cpu_moe"], tensor_overrides=flags["tensor_overrides"])
-    return planner.evaluate(facts, machine, params, wishes)
+# --- helpers of the edge: output, spinners, progress ------------------------------------------------
+def _output(context: typer.Context, **mode) -> Output:
+    """The command's output; tests inject a terminal through the context object (`obj`)."""
+    return Output(**(context.obj or {}), **mode)
 
 
 @contextmanager
@@ -196,95 +144,85 @@ def _status(out: Output, text: str):
         yield
 
 
-def _load_engine(out: Output, path: Path, params, verbose: bool):
-    """Load with a progress bar on a terminal. Ctrl-C while loading stops the load cleanly (exit 130):
-    it only raises a flag, which the progress callback turns into a cancelled load."""
+def _log_sink(out: Output, verbose: bool):
+    return (lambda text: out.err.file.write(text)) if verbose else None
+
+
+def _load(out: Output, path: Path, params, verbose: bool):
+    """app.load_engine with a progress bar on a terminal."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from moecli.chat import ctrl_c_sets
-    from moecli.engine import Engine
+    from moecli import app as usecases
 
-    on_log = (lambda text: out.err.file.write(text)) if verbose else None
-    interrupted = [False]
     progress = Progress(TextColumn("loading {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TimeElapsedColumn(), console=out.err, transient=True, disable=not out.err.is_terminal)
     task = progress.add_task(path.name, total=1.0)
-
-    def on_progress(fraction: float) -> None:
-        if interrupted[0]:
-            raise KeyboardInterrupt
-        progress.update(task, completed=fraction)
-
-    with progress, ctrl_c_sets(interrupted):
-        engine = Engine.load(path, params, on_progress=on_progress, on_log=on_log)
-    if interrupted[0]:  # after the weights: while the context was made
-        engine.close()
-        raise KeyboardInterrupt
-    return engine
+    with progress:
+        return usecases.load_engine(path, params, on_progress=lambda f: progress.update(task, completed=f),
+                                    on_log=_log_sink(out, verbose))
 
 
-def _prepare_local(out: Output, model: str, machine_opts: tuple, flags):
+def _prepare_local(out: Output, model: str, request):
     """For run and bench: the local files, their facts, and the machine as llama.cpp here can use it."""
-    from moecli import models
+    from moecli import app as usecases
 
-    with _status(out, "building the demo model…" if model == models.DEMO else "reading the model…"):
-        located = models.locate(model)
-        facts = models.read_facts(located)
-    machine, note = _machine(*machine_opts, for_loading=True)
+    with _status(out, "building the demo model…" if model == usecases.DEMO else "reading the model…"):
+        located = usecases.locate(model)
+        facts = usecases.read_facts(located)
+    machine, note = usecases.machine_for_loading(request.machine)
     if note:
         out.note(note)
-    _check_flags(facts, machine, flags, planning=False)
     return located, facts, machine
+
+
+def _show_plan_findings(out: Output, the_plan) -> None:
+    from moecli import render
+
+    for warning in the_plan.warnings:
+        out.warn(warning)
+    out.note(render.plan_summary(the_plan))
 
 
 # --- plan -------------------------------------------------------------------------------------------
 @app.command()
+@with_plan_options
 def plan(
+    context: typer.Context,
     model: ModelArg,
     json_out: Annotated[bool, typer.Option("--json", help="The plan as JSON.")] = False,
     llama_args: Annotated[bool, typer.Option("--llama-args", help="Only the equivalent llama-server command.")] = False,
-    profile: ProfileOpt = None, vram: VramOpt = None, ram: RamOpt = None, cpu_only: CpuOnlyOpt = False, margin: MarginOpt = None,
-    ctx: CtxOpt = None, ctk: CtkOpt = None, ctv: CtvOpt = None, no_kv_quant: NoKvQuantOpt = False, ub: UbOpt = None,
-    b: BOpt = None, threads: ThreadsOpt = None, load_mode: LoadModeOpt = None, no_mmap: NoMmapOpt = False,
-    mlock: MlockOpt = False, fa: FaOpt = None,
-    ngl: NglOpt = None, ncmoe: NcmoeOpt = None, cmoe: CmoeOpt = False, ot: OtOpt = None,
+    *, request,
 ) -> None:
     """Show how MODEL fits this machine, and the llama.cpp flags for it.
 
     Where every tensor goes, memory per device, context and KV cache, expected decode speed, for
     this machine or another (--profile, --vram, --ram, --cpu-only). Nothing is loaded; a model on
     the Hub is read by range requests (its header only)."""
-    from moecli import models, render
+    from moecli import app as usecases
+    from moecli import render
 
-    out = Output(json_mode=json_out)
-    wishes = _wishes(ctx=ctx, ctk=ctk, ctv=ctv, no_kv_quant=no_kv_quant, ub=ub, b=b, threads=threads,
-                     load_mode=load_mode, no_mmap=no_mmap, mlock=mlock, fa=fa, margin=margin)
-    machine, _ = _machine(profile, vram, ram, cpu_only)
-    flags = _placement_flags(ngl, ncmoe, cmoe, ot)
+    out = _output(context, json_mode=json_out)
+    machine = usecases.machine_for(request.machine)
     with _status(out, "reading the model header…"):
-        located = models.locate(model, remote_ok=True, machine=machine)
-        facts = models.read_facts(located)
-    _check_flags(facts, machine, flags, planning=True)
-    the_plan = _plan(facts, machine, wishes, flags)
+        located = usecases.locate(model, remote_ok=True, fits=usecases.HubFits(machine))
+        facts = usecases.read_facts(located)
+    the_plan = usecases.plan_for(facts, machine, request)
     # a model still on the Hub: llama.cpp's own -hf fetches the same file
     path, hf = (str(located.path), False) if located.files else (located.remote_name or model, True)
     if llama_args:
         out.raw(render.llama_command(the_plan, path, hf=hf))
-    elif json_out:
-        out.json({"model": {"source": facts.source, "name": facts.name, "arch": facts.arch, "file_type": facts.file_type,
-                            "n_params": facts.n_params, "n_active_params": facts.n_active_params, "n_bytes": facts.n_bytes,
-                            "n_layer": facts.n_layer, "n_expert": facts.n_expert, "n_expert_used": facts.n_expert_used,
-                            "n_ctx_train": facts.n_ctx_train, "is_moe": facts.is_moe},
-                  "machine": machine, "plan": the_plan})
     else:
-        render.plan_report(out, the_plan, facts, machine, path, hf=hf)
+        out.result({"model": render.model_dict(facts), "machine": machine, "plan": the_plan},
+                   human=lambda: render.plan_report(out, the_plan, facts, machine, path, hf=hf))
     if not the_plan.fits:
         raise typer.Exit(1)
 
 
 # --- run --------------------------------------------------------------------------------------------
 @app.command()
+@with_plan_options
 def run(
+    context: typer.Context,
     model: ModelArg,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit (no chat).")] = None,
     system: Annotated[Optional[str], typer.Option("--system", "-sys", help="System prompt.")] = None,
@@ -298,22 +236,19 @@ def run(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at an end-of-generation token (only at -n or a full context).", rich_help_panel="Sampling")] = False,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the model's <think>…</think> (it still thinks).")] = False,
     reasoning: Annotated[str, typer.Option("--reasoning", "-rea", help="Thinking: on, off (the template's enable_thinking=false) or auto (the template's default).")] = "auto",
-    profile: ProfileOpt = None, vram: VramOpt = None, ram: RamOpt = None, cpu_only: CpuOnlyOpt = False, margin: MarginOpt = None,
-    ctx: CtxOpt = None, ctk: CtkOpt = None, ctv: CtvOpt = None, no_kv_quant: NoKvQuantOpt = False, ub: UbOpt = None,
-    b: BOpt = None, threads: ThreadsOpt = None, load_mode: LoadModeOpt = None, no_mmap: NoMmapOpt = False,
-    mlock: MlockOpt = False, fa: FaOpt = None,
-    ngl: NglOpt = None, ncmoe: NcmoeOpt = None, cmoe: CmoeOpt = False, ot: OtOpt = None,
     verbose: VerboseOpt = False,
+    *, request,
 ) -> None:
     """Chat with MODEL, or answer --prompt once.
 
     Streams the reply with a live tokens/s figure, then prompt and generation speed as llama.cpp
     counted them. Loads with moecli's plan unless you give llama.cpp placement flags."""
-    from moecli import chat, render
+    from moecli import app as usecases
+    from moecli import chat
     from moecli.engine import Sampling
 
-    out = Output()
-    if prompt is None and not sys.stdin.isatty():
+    out = _output(context)
+    if prompt is None and not out.stdin_is_terminal:
         raise BadInput("no terminal to chat in (stdin is not a terminal)", 'give the question with -p "..."')
     # llama.cpp's -rea/--reasoning sets the template's enable_thinking the same way (common/arg.cpp)
     thinking = {"on": {"enable_thinking": True}, "off": {"enable_thinking": False}, "auto": {}}.get(reasoning.lower())
@@ -322,15 +257,10 @@ def run(
     typed = {k: v for k, v in dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                    seed=seed, n_predict=n_predict).items() if v is not None}
     Sampling(**typed)  # bad values are refused before the model is loaded
-    wishes = _wishes(ctx=ctx, ctk=ctk, ctv=ctv, no_kv_quant=no_kv_quant, ub=ub, b=b, threads=threads,
-                     load_mode=load_mode, no_mmap=no_mmap, mlock=mlock, fa=fa, vram=vram, margin=margin)
-    flags = _placement_flags(ngl, ncmoe, cmoe, ot)
-    located, facts, machine = _prepare_local(out, model, (profile, None, ram, cpu_only), flags)
-    the_plan = _plan(facts, machine, wishes, flags)
-    for warning in the_plan.warnings:
-        out.warn(warning)
-    out.note(render.plan_summary(the_plan))
-    engine = _load_engine(out, located.path, the_plan.params, verbose)
+    located, facts, machine = _prepare_local(out, model, request)
+    the_plan = usecases.plan_for(facts, machine, request, planning=False)
+    _show_plan_findings(out, the_plan)
+    engine = _load(out, located.path, the_plan.params, verbose)
     with engine:
         sampling = Sampling.from_model(engine.metadata, ignore_eos=ignore_eos, **typed)
         session = chat.ChatSession(engine, sampling, out, system=system, show_thinking=not hide_thinking,
@@ -354,7 +284,9 @@ def _read_line(prompt: str) -> str:
 
 # --- bench ------------------------------------------------------------------------------------------
 @app.command()
+@with_plan_options
 def bench(
+    context: typer.Context,
     model: ModelArg,
     n_prompt: Annotated[int, typer.Option("--n-prompt", "-p", help="Prompt tokens of the pp test (0: skip).")] = 512,
     n_gen: Annotated[int, typer.Option("--n-gen", "-n", help="Generated tokens of the tg test (0: skip).")] = 128,
@@ -363,12 +295,8 @@ def bench(
     sweep: Annotated[bool, typer.Option("--sweep", help="Also measure the plan's neighbours (MoE only).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Results as JSON.")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Results as CSV (llama-bench's fields).")] = False,
-    profile: ProfileOpt = None, vram: VramOpt = None, ram: RamOpt = None, cpu_only: CpuOnlyOpt = False, margin: MarginOpt = None,
-    ctx: CtxOpt = None, ctk: CtkOpt = None, ctv: CtvOpt = None, no_kv_quant: NoKvQuantOpt = False, ub: UbOpt = None,
-    b: BOpt = None, threads: ThreadsOpt = None, load_mode: LoadModeOpt = None, no_mmap: NoMmapOpt = False,
-    mlock: MlockOpt = False, fa: FaOpt = None,
-    ngl: NglOpt = None, ncmoe: NcmoeOpt = None, cmoe: CmoeOpt = False, ot: OtOpt = None,
     verbose: VerboseOpt = False,
+    *, request, ctx_given: bool,
 ) -> None:
     """Measure prompt (pp) and generation (tg) speed like llama-bench.
 
@@ -382,82 +310,46 @@ def bench(
     attention reads only the KV cells in use, padded to 256 (llama_kv_cache::get_n_kv); only the
     KV cache's size differs. For llama-bench's context exactly, give -c n_prompt+n_gen+n_depth.
     Every row records its n_ctx."""
-    from dataclasses import replace
-
+    from moecli import app as usecases
     from moecli import bench as benchmod
-    from moecli import machine as machinemod
-    from moecli import planner, render
-    from moecli.chat import ctrl_c_sets
-    from moecli.engine import Engine
+    from moecli import render
 
     if json_out and csv_out:
         raise BadInput("--json and --csv both asked for", "choose one output format")
     if reps < 1 or n_prompt < 0 or n_gen < 0 or n_depth < 0 or n_prompt + n_gen == 0:
         raise BadInput("nothing to measure", "give -p and/or -n above 0 and -r of at least 1")
-    out = Output(json_mode=json_out or csv_out)
-    wishes = _wishes(ctx=ctx, ctk=ctk, ctv=ctv, no_kv_quant=no_kv_quant, ub=ub, b=b, threads=threads,
-                     load_mode=load_mode, no_mmap=no_mmap, mlock=mlock, fa=fa, vram=vram, margin=margin)
-    flags = _placement_flags(ngl, ncmoe, cmoe, ot)
-    located, facts, machine = _prepare_local(out, model, (profile, None, ram, cpu_only), flags)
-    if sweep and not facts.is_moe:
-        raise NotMoE(f"{facts.name} is a dense model: --sweep compares expert placements, and it has no experts",
-                     "bench it without --sweep")
-    if sweep and not machine.gpus:
-        raise EngineError("no GPU: --sweep compares expert placements between a GPU and the CPU",
-                          "bench without --sweep, or on a machine with a GPU")
-    the_plan = _plan(facts, machine, wishes, flags)
-    needed = n_prompt + n_gen + n_depth  # llama-bench's context for these tests
-    if the_plan.params.n_ctx < needed:
-        if ctx is not None:
-            raise BadInput(f"-c {the_plan.params.n_ctx} is too small for the tests: -p {n_prompt} -n {n_gen} -d {n_depth} "
-                           f"need {needed} tokens", f"give -c {needed} or more")
-        the_plan = _plan(facts, machine, replace(wishes, n_ctx=needed), flags)
-    label = "plan" if flags is None else "your flags"
-    configs = [(label, the_plan.params)]
-    if sweep:
-        configs, left_out = benchmod.sweep(the_plan, lambda p: planner.evaluate(facts, machine, p, wishes).fits, label)
-        for name in left_out:
-            out.note(f"not measured: {name} does not fit the GPU")
-    for warning in the_plan.warnings:
-        out.warn(warning)
-    out.note(render.plan_summary(the_plan))
+    out = _output(context, json_mode=json_out, csv_mode=csv_out)
     spec = benchmod.BenchSpec(n_prompt=n_prompt, n_gen=n_gen, n_depth=n_depth, reps=reps)
-    vram_used = machinemod.vram_used_probe(machine.gpus[0].index) if machine.gpus else None
-    on_log = (lambda text: out.err.file.write(text)) if verbose else None
-    interrupted = [False]
-
-    def check(*_) -> None:  # Ctrl-C only raises a flag (see chat.ctrl_c_sets); it acts here
-        if interrupted[0]:
-            raise KeyboardInterrupt
-
-    results = []
-    with ctrl_c_sets(interrupted):
-        for i, (label, params) in enumerate(configs, 1):
-            with _status(out, f"[{i}/{len(configs)}] {label}: loading and measuring…"):
-                rows = benchmod.run_config(located.path, label, params, spec, vram_used=vram_used, on_rep=check,
-                                           load=lambda p, prm: Engine.load(p, prm, on_progress=check, on_log=on_log))
-            results += rows
-            out.note(f"[{i}/{len(configs)}] {label}: " + ", ".join(f"{r.test} {r.avg_ts:.2f} t/s" for r in rows))
-    check()
-    for r in results:
+    located, facts, machine = _prepare_local(out, model, request)
+    job = usecases.bench_job(facts, machine, request, spec, sweep=sweep, ctx_given=ctx_given)
+    for name in job.left_out:
+        out.note(f"not measured: {name} does not fit the GPU")
+    _show_plan_findings(out, job.plan)
+    n = len(job.configs)
+    done = usecases.run_bench(
+        located.path, job, spec, machine, on_log=_log_sink(out, verbose),
+        on_config=lambda i, label: _status(out, f"[{i}/{n}] {label}: loading and measuring…"),
+        on_config_done=lambda i, label, rows: out.note(
+            f"[{i}/{n}] {label}: " + ", ".join(f"{r.test} {r.avg_ts:.2f} t/s" for r in rows)))
+    for r in done.results:
         if not benchmod.agree(r.samples_ts):
             out.warn(f"{r.label} {r.test}: the repetitions disagree ({min(r.samples_ts):.2f} to "
                      f"{max(r.samples_ts):.2f} t/s): something else ran meanwhile; compare these figures with care")
-    if json_out:
-        out.json({"model": str(located.path), "machine": machine, "plan": the_plan.params.to_llama_args(),
-                  "results": [r.to_dict() for r in results]})
-    elif csv_out:
-        out.raw(benchmod.to_csv(results))
-    else:
-        render.bench_table(out, results)
+    out.result({"model": str(located.path), "machine": machine, "plan": job.plan.params.to_llama_args(),
+                "results": [r.to_dict() for r in done.results]},
+               csv=lambda: benchmod.to_csv(done.results), human=lambda: render.bench_table(out, done.results))
 
 
 # --- pull / list / rm -------------------------------------------------------------------------------
 @app.command()
 def pull(
+    context: typer.Context,
     model: Annotated[str, typer.Argument(help="org/repo\\[:QUANT]\\[@revision], hf.co/org/repo:QUANT, or an alias.", show_default=False)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before downloading.")] = False,
-    profile: ProfileOpt = None, vram: VramOpt = None, ram: RamOpt = None, cpu_only: CpuOnlyOpt = False,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="Choose the quant for a machine profile.", rich_help_panel="Machine")] = None,
+    vram: Annotated[Optional[str], typer.Option("--vram", help="The GPU memory to plan for, e.g. 6GiB.", rich_help_panel="Machine")] = None,
+    ram: Annotated[Optional[str], typer.Option("--ram", help="The machine's RAM to plan for, e.g. 32GiB.", rich_help_panel="Machine")] = None,
+    cpu_only: Annotated[bool, typer.Option("--cpu-only", help="Use no GPU.", rich_help_panel="Machine")] = False,
 ) -> None:
     """Download a GGUF model from the Hugging Face Hub (resumable, verified).
 
@@ -465,29 +357,27 @@ def pull(
     fits. Files go to the Hugging Face cache, where llama.cpp's -hf finds them too."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from moecli import gguf, hub, models, planner, render
+    from moecli import app as usecases
+    from moecli import render
     from moecli.units import fmt_bytes
 
-    out = Output()
-    machine, _ = _machine(profile, vram, ram, cpu_only)
-    ask = not yes and sys.stdin.isatty()
+    out = _output(context)
+    machine = usecases.machine_for(usecases.MachineOptions(profile, vram, ram, cpu_only))
+    ask = not yes and out.stdin_is_terminal
     terminal = out.err.is_terminal
 
-    def on_choice(choice: hub.Choice) -> None:
+    def before_download(pre: usecases.PrePlan) -> None:
         """The plan is shown before anything is downloaded (the header is read by range requests)."""
-        candidate = choice.candidate
+        candidate = pre.choice.candidate
         out.print(f"{candidate.name} ({fmt_bytes(candidate.size)}"
-                  f"{f' in {len(candidate.files)} files' if len(candidate.files) > 1 else ''}): {choice.reason}")
-        remote = hub.remote_gguf(candidate)
-        try:
-            facts = gguf.read_model(remote.urls[0], headers=remote.headers, source=candidate.name)
-            the_plan = planner.plan(facts, machine, planner.Wishes())
-            ok, why = models.fits_verdict(the_plan)
-            out.print(f"on this machine: {'fits' if ok else 'does not fit'} ({why}); {render.decode_line(the_plan)}")
-            out.note(render.plan_summary(the_plan))
-        except MoecliError as exc:
-            out.warn(f"could not plan it before downloading: {exc.message}")
-        if ask and not typer.confirm(f"Download {fmt_bytes(candidate.size)}?", default=True, err=True):
+                  f"{f' in {len(candidate.files)} files' if len(candidate.files) > 1 else ''}): {pre.choice.reason}")
+        if pre.plan is None:
+            out.warn(f"could not plan it before downloading: {pre.problem}")
+        else:
+            out.print(f"on this machine: {'fits' if pre.verdict.fits else 'does not fit'} ({pre.verdict.why}); "
+                      f"{render.decode_line(pre.plan)}")
+            out.note(render.plan_summary(pre.plan))
+        if ask and not out.confirm(f"Download {fmt_bytes(candidate.size)}?", default=True):
             out.print("nothing downloaded")
             raise typer.Exit(1)
         if not terminal:
@@ -497,13 +387,11 @@ def pull(
                   TimeRemainingColumn(), console=out.err, transient=True, disable=not terminal) as progress:
         task = progress.add_task("checking", total=None)
 
-        def on_progress(p: hub.Progress) -> None:
+        def on_progress(p) -> None:
             label = {"check": "checking", "download": "downloading", "done": "done"}.get(p.stage, p.stage)
             progress.update(task, description=f"{label} {p.file_index}/{p.n_files}", completed=p.done, total=p.total)
 
-        # the planner's verdict picks the largest quant that fits; a typed :QUANT is taken as is
-        pulled = hub.pull(model, fits=models.fits_on(machine), on_choice=on_choice, on_progress=on_progress,
-                          check_model=lambda paths: gguf.read_model(paths[0]))
+        pulled = usecases.pull(model, machine, before_download=before_download, on_progress=on_progress)
     got = f"downloaded {fmt_bytes(pulled.downloaded)}"
     if pulled.downloaded and pulled.seconds > 0:
         got += f" in {pulled.seconds:.{1 if pulled.seconds >= 1 else 2}f} s, {fmt_bytes(pulled.downloaded / pulled.seconds)}/s"
@@ -513,57 +401,50 @@ def pull(
 
 
 @app.command("list")
-def list_models(json_out: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
+def list_models(context: typer.Context, json_out: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
     """List the models pulled with moecli, and whether each fits this machine."""
-    from moecli import gguf, machine, models, planner, render, store
+    from moecli import app as usecases
+    from moecli import machine, render
 
-    out = Output(json_mode=json_out)
-    here = machine.probe()
-    listed = []
-    for record in store.list_models():
-        if not record.present:
-            fits, verdict = False, "its files are gone from the Hugging Face cache"
+    out = _output(context, json_mode=json_out)
+    listed = usecases.pulled_models(machine.probe())
+
+    def human() -> None:
+        if listed:
+            render.store_list(out, listed)
         else:
-            try:
-                fits, verdict = models.fits_verdict(planner.plan(gguf.read_model(record.path), here, planner.Wishes()))
-            except MoecliError as exc:
-                fits, verdict = False, exc.message
-        listed.append((record, fits, verdict))
-    if json_out:
-        out.json([{"name": r.name, "repo": r.repo, "tag": r.tag, "quant": r.quant, "size": r.size,
-                   "pulled_at": r.pulled_at.isoformat(), "present": r.present, "fits": fits, "why": verdict,
-                   "path": str(r.path)} for r, fits, verdict in listed])
-    elif not listed:
-        out.print("no models pulled yet: moecli pull org/repo:QUANT")
-    else:
-        render.store_list(out, listed)
+            out.print("no models pulled yet: moecli pull org/repo:QUANT")
+
+    out.result([{"name": r.name, "repo": r.repo, "tag": r.tag, "quant": r.quant, "size": r.size,
+                 "pulled_at": r.pulled_at.isoformat(), "present": r.present, "fits": item.verdict.fits,
+                 "why": item.verdict.why, "path": str(r.path)} for item in listed for r in (item.record,)], human=human)
 
 
 @app.command()
 def rm(
+    context: typer.Context,
     name: Annotated[str, typer.Argument(help="A pulled model's name (see moecli list).", show_default=False)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
     """Remove a pulled model.
 
     Deletes only the files moecli downloaded, never files that were in the cache before."""
-    from moecli import store
+    from moecli import app as usecases
     from moecli.units import fmt_bytes
 
-    out = Output()
-    removal = store.plan_removal(name)
+    out = _output(context)
+    removal = usecases.plan_removal(name)
     for path in removal.delete:
         out.print(f"delete {path}")
     for path, why in removal.keep:
         out.print(f"keep   {path} ({why})", style="dim")
     if not yes:
-        if not sys.stdin.isatty():
+        if not out.stdin_is_terminal:
             raise BadInput(f"not removing {name} without a confirmation", "add --yes to remove it without asking")
-        if not typer.confirm(f"Remove {removal.model.name} and free {fmt_bytes(removal.freed)}?", default=False,
-                             err=True):
+        if not out.confirm(f"Remove {removal.model.name} and free {fmt_bytes(removal.freed)}?", default=False):
             out.print("nothing removed")
             raise typer.Exit(1)
-    store.remove(removal)
+    usecases.remove(removal)
     out.print(f"removed {removal.model.name}; freed {fmt_bytes(removal.freed)}")
 
 

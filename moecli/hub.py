@@ -750,10 +750,6 @@ def pull(text: str, *, fits: Fits | None = None, on_choice: Callable[[Choice], N
          options: TransferOptions = TransferOptions(),
          aliases: Mapping[str, Alias] | None = None) -> Pulled:
     """`moecli pull TEXT`: resolve, choose (telling `on_choice` why), download and verify."""
-    from moecli.models import looks_like_path  # models imports this module lazily: no cycle
-
-    if looks_like_path(text):
-        raise BadInput(f"{text} is a local file: there is nothing to pull", f"use it directly: moecli run {text}")
     env = HubEnv.from_environ()
     ref = parse_ref(text, aliases)
     if env.offline:

@@ -1,6 +1,10 @@
 """One output object per command, chosen once: rich on a terminal, plain text when stdout is a pipe
-or a file (no escape codes), JSON for scripts. Commands call it; they never test `if json:` for
-every line.
+or a file (no escape codes), JSON or CSV for scripts. A command hands its result to `result()`,
+which renders it in the mode chosen; commands never test `if json:`.
+
+The terminal is injected (stdin, stdout, stderr, whether stdin is a terminal), as httpie's
+`Environment` does, so that questions (`pull`, `rm`) and terminal-only behaviour are testable
+without a pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -35,8 +40,14 @@ class Output:
     json_mode: bool = False
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
+    stdin_is_terminal: bool | None = None  # None: ask stdin
+    csv_mode: bool = False
 
     def __post_init__(self) -> None:
+        self.json_mode = self.json_mode or self.csv_mode  # results only on stdout
+        if self.stdin_is_terminal is None:
+            self.stdin_is_terminal = _is_tty(self.stdin)
         self.is_terminal = _is_tty(self.stdout) and not self.json_mode
         plain = not self.is_terminal
         no_color = plain or bool(os.environ.get("NO_COLOR"))
@@ -88,6 +99,36 @@ class Output:
         for row in rows:
             table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
         return table
+
+    def confirm(self, question: str, *, default: bool) -> bool:
+        """A yes/no question on stderr, answered on stdin (an empty answer or end of input: the
+        default). Only asked where stdin is a terminal; callers check `stdin_is_terminal` first."""
+        self.err.print(f"{question} [{'Y/n' if default else 'y/N'}]: ", end="", markup=False)
+        self.err.file.flush()
+        while True:
+            answer = self.stdin.readline()
+            if not answer:
+                self.err.print()
+                return default
+            word = answer.strip().lower()
+            if not word:
+                return default
+            if word in ("y", "yes", "n", "no"):
+                return word.startswith("y")
+            self.err.print("please answer y or n: ", end="", markup=False)
+            self.err.file.flush()
+
+    # --- results ------------------------------------------------------------------------------
+    def result(self, data: Any, *, human: Callable[[], None], csv: Callable[[], str] | None = None) -> None:
+        """A command's result in the mode chosen: `data` as JSON, `csv()` as CSV, or `human()`
+        (tables and lines for people)."""
+        if self.csv_mode:
+            assert csv is not None, "this result has no CSV form"
+            self.raw(csv())
+        elif self.json_mode:
+            self.json(data)
+        else:
+            human()
 
     # --- for scripts --------------------------------------------------------------------------
     def json(self, obj: Any) -> None:

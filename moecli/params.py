@@ -60,6 +60,56 @@ class TensorOverride:
         return tuple(out)
 
 
+def parse_gpu_layers(text: str) -> int | None:
+    """`-ngl` as llama.cpp reads it: a number of layers (99 means 99: llama.cpp caps it at the
+    model's layers + the output layer), `all` or `-1` for every layer, `auto` for llama.cpp's own
+    choice (here: moecli's plan). None means `auto`."""
+    value = text.strip().lower()
+    if value in ("all", "-1"):
+        return ALL_LAYERS
+    if value == "auto":
+        return None
+    if value.isdigit():
+        return int(value)
+    raise BadInput(f"-ngl {text!r} is not a number of layers", "give a number, 'all' or 'auto'")
+
+
+@dataclass(frozen=True)
+class PlacementFlags:
+    """The placement a user typed with llama.cpp's flags (`-ngl`, `--cpu-moe`, `--n-cpu-moe`,
+    `-ot`), put on top of a plan's other choices (context, KV types, batch, threads)."""
+
+    n_gpu_layers: int | None = None  # None: the plan's
+    cpu_moe: bool = False
+    n_cpu_moe: int = 0
+    tensor_overrides: tuple[TensorOverride, ...] = ()
+
+    @classmethod
+    def parse(cls, ngl: str | None = None, n_cpu_moe: int | None = None, cpu_moe: bool = False,
+              overrides: list[str] | tuple[str, ...] | None = None) -> PlacementFlags | None:
+        """The flags as typed; None when the user left placement to the plan."""
+        if ngl is None and n_cpu_moe is None and not cpu_moe and not overrides:
+            return None
+        if n_cpu_moe is not None and n_cpu_moe < 0:
+            raise BadInput(f"--n-cpu-moe {n_cpu_moe} is negative", "give the number of layers whose experts stay on the CPU")
+        return cls(n_gpu_layers=None if ngl is None else parse_gpu_layers(ngl), cpu_moe=cpu_moe,
+                   n_cpu_moe=n_cpu_moe or 0,
+                   tensor_overrides=tuple(o for text in overrides or () for o in TensorOverride.parse_list(text)))
+
+    @property
+    def moves_experts(self) -> bool:
+        return self.cpu_moe or bool(self.n_cpu_moe)
+
+    def gpu_flags(self) -> list[str]:
+        """The flags given that only mean something with a GPU."""
+        return [name for name, given in (("-ngl", self.n_gpu_layers not in (None, 0)), ("--n-cpu-moe", bool(self.n_cpu_moe)),
+                                         ("--cpu-moe", self.cpu_moe)) if given]
+
+    def apply(self, base: LlamaParams) -> LlamaParams:
+        return base.with_(n_gpu_layers=base.n_gpu_layers if self.n_gpu_layers is None else self.n_gpu_layers,
+                          cpu_moe=self.cpu_moe, n_cpu_moe=self.n_cpu_moe, tensor_overrides=self.tensor_overrides)
+
+
 @dataclass(frozen=True)
 class LlamaParams:
     """What llama.cpp is loaded with. Defaults are llama.cpp's own, except where noted."""

@@ -49,6 +49,14 @@ def model_lines(model: ModelFacts) -> list[str]:
     ]
 
 
+def model_dict(model: ModelFacts) -> dict:
+    """The model's headline facts, for `plan --json`."""
+    return {"source": model.source, "name": model.name, "arch": model.arch, "file_type": model.file_type,
+            "n_params": model.n_params, "n_active_params": model.n_active_params, "n_bytes": model.n_bytes,
+            "n_layer": model.n_layer, "n_expert": model.n_expert, "n_expert_used": model.n_expert_used,
+            "n_ctx_train": model.n_ctx_train, "is_moe": model.is_moe}
+
+
 def decode_line(plan: Plan) -> str:
     d = plan.decode
     if d.bound is None:
@@ -203,7 +211,8 @@ def _placement(r: BenchResult) -> str:
 def store_list(out: Output, listed) -> None:
     """`moecli list`: one block per model (name, size, date; whether it fits; its path), which reads
     at any width, unlike a table with a path column."""
-    for record, fits, why in listed:
+    for item in listed:
+        record, fits, why = item.record, item.verdict.fits, item.verdict.why
         out.console.print(Text.assemble((record.name, "bold"), f"  {fmt_bytes(record.size)}, "
                                         f"pulled {record.pulled_at.strftime('%Y-%m-%d %H:%M')}"))
         _line(out, f"{'fits this machine' if fits else 'does not fit this machine'}: {why}",

@@ -43,13 +43,15 @@ def env(**extra: str) -> dict[str, str]:
     return out
 
 
-def invoke(*args: str, input: str | None = None) -> Ran:
-    """`moecli ARGS` in this process (typer's CliRunner: stdin, stdout and stderr are not terminals)."""
+def invoke(*args: str, input: str | None = None, stdin_is_terminal: bool = False) -> Ran:
+    """`moecli ARGS` in this process (typer's CliRunner: stdout and stderr are not terminals; stdin
+    is one only where `stdin_is_terminal`, injected as the Output's, so that questions are asked)."""
     from typer.testing import CliRunner
 
     from moecli.cli import app
 
-    result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False)
+    obj = {"stdin_is_terminal": True} if stdin_is_terminal else None
+    result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False, obj=obj)
     return Ran(result.exit_code, result.stdout, result.stderr)
 
 

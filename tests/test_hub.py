@@ -15,8 +15,8 @@ import pytest
 from hubserver import GATED_REPO, GRANTED_TOKEN, NOT_GRANTED_TOKEN, SHARDS, TINY_REPO
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+from moecli import app, paths, store
 from moecli import hub as hubmod
-from moecli import models, paths, store
 from moecli.download import PARTIAL_SUFFIX, TransferOptions
 from moecli.errors import BadInput, DiskSpaceError, DoesNotFit, DownloadError, HubError, ModelFileError, StoreError
 from moecli.hub import Alias, HubFile, ModelRef, parse_ref
@@ -531,35 +531,37 @@ def test_offline_uses_what_was_pulled_and_says_so_for_the_rest(hub, monkeypatch)
 
 
 def test_a_local_file_is_not_pulled(tiny_files):
+    from moecli.facts import MachineFacts
+
     with pytest.raises(BadInput, match="nothing to pull"):
-        hubmod.pull(str(tiny_files["Tiny-MoE-Q8_0.gguf"]))
+        app.pull(str(tiny_files["Tiny-MoE-Q8_0.gguf"]), MachineFacts((), 8 << 30, 8 << 30, 2))
 
 
 # -- finding what is already here ----------------------------------------------------------------------
 def test_locate_finds_local_files_with_their_shards(tiny_files):
     first = tiny_files[SHARDS[0]]
-    assert models.locate(str(first)).files == tuple(tiny_files[s] for s in SHARDS)
-    assert models.locate(str(tiny_files[SHARDS[2]])).path == first
+    assert app.locate(str(first)).files == tuple(tiny_files[s] for s in SHARDS)
+    assert app.locate(str(tiny_files[SHARDS[2]])).path == first
     with pytest.raises(ModelFileError, match="does not exist"):
-        models.locate(str(first.parent / "missing.gguf"))
+        app.locate(str(first.parent / "missing.gguf"))
 
 
 def test_locate_reports_a_missing_shard(tmp_path, tiny_files):
     for shard in SHARDS[:2]:
         (tmp_path / shard).write_bytes(tiny_files[shard].read_bytes())
     with pytest.raises(ModelFileError, match="00003-of-00003.gguf is missing"):
-        models.locate(str(tmp_path / SHARDS[0]))
+        app.locate(str(tmp_path / SHARDS[0]))
 
 
 def test_locate_finds_pulled_models_by_name_repo_or_alias(hub):
     with pytest.raises(StoreError, match="not pulled yet"):
-        models.locate(f"{TINY_REPO}:Q4_K_M")
+        app.locate(f"{TINY_REPO}:Q4_K_M")
     pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
-    assert models.locate(f"{TINY_REPO}:q4_k_m").files == pulled.paths
-    assert models.locate(f"hf.co/{TINY_REPO}:Q4_K_M").files == pulled.paths
+    assert app.locate(f"{TINY_REPO}:q4_k_m").files == pulled.paths
+    assert app.locate(f"hf.co/{TINY_REPO}:Q4_K_M").files == pulled.paths
     (paths.config_dir()).mkdir(parents=True, exist_ok=True)
     (paths.config_dir() / "aliases.toml").write_text(f'[tiny]\nrepo = "{TINY_REPO}"\nquant = "Q4_K_M"\n')
-    assert models.locate("tiny").files == pulled.paths
+    assert app.locate("tiny").files == pulled.paths
 
 
 def test_progress_reports_speed_and_eta_over_the_last_seconds():

@@ -1,5 +1,5 @@
-"""Where a model name points — `demo`, a local GGUF, a pulled model, or a Hub repo not pulled yet —
-and what the planner says of it on this machine."""
+"""Where a model name points: `demo`, a local GGUF (any shard of a split one), a pulled model, or
+a Hub repo not pulled yet (read by range requests)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moecli import gguf, planner, store
-from moecli.errors import BadInput, DoesNotFit, ModelFileError, MoecliError, StoreError
-from moecli.facts import MachineFacts, ModelFacts
+from moecli import gguf, store
+from moecli.errors import BadInput, ModelFileError, StoreError
+from moecli.facts import ModelFacts
 
 if TYPE_CHECKING:  # hub brings huggingface_hub (a third of a second): imported only for Hub names
     from moecli import hub
@@ -53,7 +53,7 @@ def local_shards(path: Path) -> tuple[Path, ...]:
     return shards
 
 
-def locate(name: str, *, remote_ok: bool = False, machine: MachineFacts | None = None) -> Located:
+def locate(name: str, *, remote_ok: bool = False, fits: hub.Fits | None = None) -> Located:
     """Local first (the demo model, a path, a pulled model's name, a pulled repo or alias); else,
     where `remote_ok`, the Hub file that `moecli pull NAME` would fetch (read by range requests:
     nothing is downloaded)."""
@@ -79,7 +79,7 @@ def locate(name: str, *, remote_ok: bool = False, machine: MachineFacts | None =
     listing = hub.list_repo(ref, env)
     if listing.gated and not env.token:  # its files answer 401: say why, as `moecli pull` does
         raise hub.gated_without_token(ref.repo, env)
-    choice = hub.choose(listing, ref, fits_on(machine) if machine is not None else None)
+    choice = hub.choose(listing, ref, fits)
     return Located(name, None, hub.remote_gguf(choice.candidate), choice.candidate.name)
 
 
@@ -89,38 +89,3 @@ def read_facts(located: Located) -> ModelFacts:
     assert located.remote is not None
     return gguf.read_model(located.remote.urls[0], headers=located.remote.headers,
                            source=located.remote_name or located.name)
-
-
-def fits_on(machine: MachineFacts) -> hub.Fits:
-    """The planner's verdict on a Hub candidate, from its remote header: does it fit this
-    machine's VRAM + RAM with a useful context (llama.cpp's fitter keeps at least 4096)?"""
-    from moecli import hub
-
-    def fits(candidate: hub.Candidate) -> tuple[bool, str]:
-        remote = hub.remote_gguf(candidate)
-        try:
-            facts = gguf.read_model(remote.urls[0], headers=remote.headers, source=candidate.name)
-            plan = planner.plan(facts, machine, planner.Wishes(n_ctx=planner.DEFAULT_CTX))
-        except DoesNotFit as exc:
-            return False, exc.message
-        except MoecliError as exc:
-            return False, f"cannot plan it: {exc.message}"
-        return fits_verdict(plan)
-
-    return fits
-
-
-def fits_verdict(plan: planner.Plan) -> tuple[bool, str]:
-    """One line for people: fits or not, and the figure that decides it."""
-    if not plan.fits:
-        over = [d for d in plan.devices if not d.fits]
-        return False, "; ".join(f"needs {_gib(d.total)} on {d.device}, has {_gib(d.budget or 0)}" for d in over) or "does not fit"
-    if any("page" in w for w in plan.warnings):
-        return False, "the weights kept in RAM do not fit RAM: the OS would page from disk"
-    gpu = plan.gpu
-    where = f"{_gib(gpu.total)} of {_gib(gpu.budget or 0)} VRAM, " if gpu else ""
-    return True, f"{where}{_gib(plan.cpu.total)} of RAM at {plan.params.n_ctx} tokens of context"
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"

@@ -1,0 +1,145 @@
+"""Loading a plan into llama.cpp and benchmarking it: what `run`, `bench` (and the server) do
+between a Plan and an Engine."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from moecli import bench as benchmod
+from moecli import machine, planner
+from moecli.errors import BadInput, EngineError, NotMoE
+from moecli.facts import MachineFacts, ModelFacts
+from moecli.params import LlamaParams
+
+from .planning import Request, plan_for
+
+if TYPE_CHECKING:
+    from moecli.engine import Engine
+
+
+@contextmanager
+def ctrl_c_sets(flag: list[bool]) -> Iterator[None]:
+    """While the block runs, Ctrl-C only raises a flag that the code polls (between tokens, between
+    load steps): a KeyboardInterrupt raised inside a llama.cpp callback would be lost (ctypes
+    prints and drops it) or leave llama.cpp's state unknown."""
+
+    def handler(signum, frame):
+        flag[0] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (tests): nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def with_threads(params: LlamaParams) -> LlamaParams:
+    """llama.cpp's default -t is the physical cores (common.cpp, cpu_get_num_math): the engine is
+    given the figure rather than probing the machine itself."""
+    return params if params.n_threads else params.with_(n_threads=machine.physical_cores())
+
+
+def load_engine(path: Path, params: LlamaParams, *, on_progress: Callable[[float], None] | None = None,
+                on_log: Callable[[str], None] | None = None) -> Engine:
+    """Load `params` into llama.cpp. Ctrl-C while loading stops the load cleanly
+    (KeyboardInterrupt after llama.cpp has let go): it only raises a flag, which the progress
+    callback turns into a cancelled load."""
+    from moecli.engine import Engine
+
+    interrupted = [False]
+
+    def progress(fraction: float) -> None:
+        if interrupted[0]:
+            raise KeyboardInterrupt
+        if on_progress:
+            on_progress(fraction)
+
+    with ctrl_c_sets(interrupted):
+        engine = Engine.load(path, with_threads(params), on_progress=progress, on_log=on_log)
+    if interrupted[0]:  # after the weights: while the context was made
+        engine.close()
+        raise KeyboardInterrupt
+    return engine
+
+
+# --- bench ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchJob:
+    """What `bench` will measure: the plan and the configurations (the plan, or it and its
+    neighbours with --sweep), and the neighbours left out because they do not fit."""
+
+    plan: planner.Plan
+    configs: tuple[tuple[str, LlamaParams], ...]
+    left_out: tuple[str, ...] = ()
+
+
+def bench_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, spec: benchmod.BenchSpec, *,
+              sweep: bool = False, ctx_given: bool = False) -> BenchJob:
+    """The plan to bench, with a context large enough for the tests (llama-bench's n_prompt +
+    n_gen + n_depth) unless the user gave one that is too small (then say so)."""
+    if sweep and not facts.is_moe:
+        raise NotMoE(f"{facts.name} is a dense model: --sweep compares expert placements, and it has no experts",
+                     "bench it without --sweep")
+    if sweep and not machine_facts.gpus:
+        raise EngineError("no GPU: --sweep compares expert placements between a GPU and the CPU",
+                          "bench without --sweep, or on a machine with a GPU")
+    the_plan = plan_for(facts, machine_facts, request, planning=False)
+    needed = spec.n_prompt + spec.n_gen + spec.n_depth
+    if the_plan.params.n_ctx < needed:
+        if ctx_given:
+            raise BadInput(f"-c {the_plan.params.n_ctx} is too small for the tests: -p {spec.n_prompt} -n {spec.n_gen} "
+                           f"-d {spec.n_depth} need {needed} tokens", f"give -c {needed} or more")
+        the_plan = plan_for(facts, machine_facts, request, planning=False, n_ctx=needed)
+    label = "plan" if request.flags is None else "your flags"
+    if not sweep:
+        return BenchJob(the_plan, ((label, the_plan.params),))
+    configs, left_out = benchmod.sweep(
+        the_plan, lambda p: planner.evaluate(facts, machine_facts, p, request.wishes).fits, label)
+    return BenchJob(the_plan, tuple(configs), tuple(left_out))
+
+
+@dataclass
+class BenchRun:
+    """The rows measured."""
+
+    results: list[benchmod.BenchResult] = field(default_factory=list)
+
+
+def run_bench(path: Path, job: BenchJob, spec: benchmod.BenchSpec, machine_facts: MachineFacts, *,
+              on_config: Callable[[int, str], object] | None = None,
+              on_config_done: Callable[[int, str, Sequence[benchmod.BenchResult]], None] | None = None,
+              on_log: Callable[[str], None] | None = None) -> BenchRun:
+    """Measure each configuration in turn. `on_config(i, label)` may return a context manager
+    (a spinner) that is held while that configuration loads and runs."""
+    from contextlib import nullcontext
+
+    from moecli.engine import Engine
+
+    vram_used = machine.vram_used_probe(machine_facts.gpus[0].index) if machine_facts.gpus else None
+    interrupted = [False]
+
+    def check(*_) -> None:  # Ctrl-C only raises a flag (ctrl_c_sets); it acts here
+        if interrupted[0]:
+            raise KeyboardInterrupt
+
+    done = BenchRun()
+    with ctrl_c_sets(interrupted):
+        for i, (label, params) in enumerate(job.configs, 1):
+            with (on_config(i, label) if on_config else None) or nullcontext():
+                rows = benchmod.run_config(
+                    path, label, with_threads(params), spec, vram_used=vram_used, on_rep=check,
+                    load=lambda p, prm: Engine.load(p, prm, on_progress=check, on_log=on_log))
+            done.results += rows
+            if on_config_done:
+                on_config_done(i, label, rows)
+    check()
+    return done
