@@ -28,7 +28,7 @@ from moecli.engine.capi import (
     _vp,
 )
 from moecli.engine.loading import _load_model, _ModelParams, _new_context
-from moecli.engine.logs import _KV_TYPES_LINE, _LOAD_MODE_LINE, _LOG, _LOG_WARN, _OVERRIDE_LINE, _error_detail, _LogSink
+from moecli.engine.logs import _KV_TYPES_LINE, _LOAD_MODE_LINE, _LOG, _LOG_WARN, _OVERRIDE_LINE, _error_detail
 from moecli.engine.memory import BufferSizes, _buffer_sizes
 from moecli.engine.sampling import Sampling, _sampler_chain
 from moecli.errors import BadInput, EngineError
@@ -150,25 +150,47 @@ class Engine:
     """A loaded model with one context (one sequence): chat, complete, bench. Not thread-safe.
     Use as a context manager or call close(); llama.cpp's log stays captured while it is open."""
 
-    def __init__(self, *, path: Path, params: LlamaParams, model: int, ctx: int, mparams: _ModelParams,
-                 sink: _LogSink, report: LoadReport, n_threads: int, n_threads_batch: int,
-                 load_seconds: float) -> None:
+    def __init__(self, path: str | os.PathLike[str], params: LlamaParams | None = None, *,
+                 on_progress: Callable[[float], None] | None = None,
+                 on_log: Callable[[str], None] | None = None) -> None:
+        """Load a GGUF (the first file of a split one) with llama.cpp and make a context.
+
+        on_progress gets llama.cpp's load progress (0.0 .. 1.0); raising from it cancels the load.
+        on_log gets llama.cpp's raw log text (the CLI's --verbose); otherwise llama.cpp is quiet.
+        Threads: params.n_threads, else the physical cores (llama.cpp's -t); n_threads_batch, else -t."""
+        self._ctx = self._model = self._mparams = self._sink = self._threadpools = None  # what close() frees
         try:
-            self._setup(path, params, model, ctx, mparams, sink, report, n_threads, n_threads_batch, load_seconds)
+            self._load(Path(path), params or LlamaParams(), on_progress, on_log)
         except BaseException:
-            self._ctx = self._model = self._sink = self._threadpools = None  # load() frees what it made
+            self.close()  # what the load made so far
             raise
 
-    def _setup(self, path, params, model, ctx, mparams, sink, report, n_threads, n_threads_batch,
-               load_seconds) -> None:
-        self._ctx = self._model = self._sink = self._threadpools = None
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], params: LlamaParams | None = None, *,
+             on_progress: Callable[[float], None] | None = None,
+             on_log: Callable[[str], None] | None = None) -> Engine:
+        """Engine(path, params, ...) by the name callers use."""
+        return cls(path, params, on_progress=on_progress, on_log=on_log)
+
+    def _load(self, path: Path, params: LlamaParams, on_progress: Callable[[float], None] | None,
+              on_log: Callable[[str], None] | None) -> None:
         self.path = path
         self.params = params
+        _init_backend()
+        self._sink = sink = _LOG.open(on_log)
+        t0 = time.perf_counter()
+        self._mparams = _ModelParams(params, on_progress=on_progress)
+        self._model = model = _load_model(path, self._mparams, sink)
+        self.n_threads = params.n_threads or physical_cores()
+        self.n_threads_batch = params.n_threads_batch or self.n_threads
+        self._ctx = ctx = _new_context(model, params, self.n_threads, self.n_threads_batch, sink)
+        self.load_seconds = time.perf_counter() - t0
+        lines = sink.text()
+        report = _load_report(lines, sink.text(_LOG_WARN), _buffer_sizes(ctx, lines), _llama.llama_n_ctx(ctx))
+        if report.flash_attn is None and params.flash_attn != "auto":  # logged only when resolved
+            report = replace(report, flash_attn=params.flash_attn == "on")
         self.report = report
-        self.load_seconds = load_seconds
-        self.n_threads = n_threads
-        self.n_threads_batch = n_threads_batch
-        self._model, self._ctx, self._mparams, self._sink = model, ctx, mparams, sink
+        sink.keep_last(200)
         # llama-bench's model_type, model_size, model_n_params
         self.model_type = _meta_str(_llama.llama_model_desc, model) or ""
         self.model_size = _llama.llama_model_size(model)
@@ -193,44 +215,6 @@ class Engine:
         self._one_batch = _llama.llama_batch_get_one(self._one, 1)
         self._piece_buf = ctypes.create_string_buffer(256)
         self._threadpools = self._attach_threadpools()
-
-    # -- loading --------------------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], params: LlamaParams | None = None, *,
-             on_progress: Callable[[float], None] | None = None,
-             on_log: Callable[[str], None] | None = None) -> Engine:
-        """Load a GGUF (the first file of a split one) with llama.cpp and make a context.
-
-        on_progress gets llama.cpp's load progress (0.0 .. 1.0); raising from it cancels the load.
-        on_log gets llama.cpp's raw log text (the CLI's --verbose); otherwise llama.cpp is quiet."""
-        params = params or LlamaParams()
-        path = Path(path)
-        _init_backend()
-        sink = _LOG.open(on_log)
-        model = ctx = None
-        try:
-            t0 = time.perf_counter()
-            mparams = _ModelParams(params, on_progress=on_progress)
-            model = _load_model(path, mparams, sink)
-            n_threads = params.n_threads or physical_cores()
-            n_threads_batch = params.n_threads_batch or n_threads
-            ctx = _new_context(model, params, n_threads, n_threads_batch, sink)
-            load_seconds = time.perf_counter() - t0
-            lines = sink.text()
-            report = _load_report(lines, sink.text(_LOG_WARN), _buffer_sizes(ctx, lines), _llama.llama_n_ctx(ctx))
-            if report.flash_attn is None and params.flash_attn != "auto":  # logged only when resolved
-                report = replace(report, flash_attn=params.flash_attn == "on")
-            sink.keep_last(200)
-            return cls(path=path, params=params, model=model, ctx=ctx, mparams=mparams, sink=sink, report=report,
-                       n_threads=n_threads, n_threads_batch=n_threads_batch, load_seconds=load_seconds)
-        except BaseException:
-            if ctx:
-                _llama.llama_free(ctx)
-            if model:
-                _llama.llama_model_free(model)
-            _LOG.close(sink)
-            raise
 
     @property
     def buffers(self) -> BufferSizes:
