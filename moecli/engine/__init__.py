@@ -8,6 +8,7 @@ loading     model and context parameters, loading a model, making a context (Eng
 memory      BufferSizes: llama.cpp's memory breakdown (or its log); dry_run
 sampling    Sampling and its llama.cpp sampler chain
 benchtests  llama-bench's test_prompt / test_gen on a context
+threads     llama.cpp's default -t where the caller gives none
 core        Engine: load, tokens, chat templates, streaming, timings, benchmarks
 
 Why our own loading path instead of `llama_cpp.Llama`

@@ -31,8 +31,8 @@ from moecli.engine.loading import _load_model, _ModelParams, _new_context
 from moecli.engine.logs import _KV_TYPES_LINE, _LOAD_MODE_LINE, _LOG, _LOG_WARN, _OVERRIDE_LINE, _error_detail
 from moecli.engine.memory import BufferSizes, _buffer_sizes
 from moecli.engine.sampling import Sampling, _sampler_chain
+from moecli.engine.threads import _resolve_threads
 from moecli.errors import BadInput, EngineError
-from moecli.machine import physical_cores  # llama.cpp's default -t (cpu_get_num_math)
 from moecli.params import LlamaParams
 
 # What llama.cpp falls back to when a GGUF has no tokenizer.chat_template (llama-chat.cpp: chatml).
@@ -181,8 +181,7 @@ class Engine:
         t0 = time.perf_counter()
         self._mparams = _ModelParams(params, on_progress=on_progress)
         self._model = model = _load_model(path, self._mparams, sink)
-        self.n_threads = params.n_threads or physical_cores()
-        self.n_threads_batch = params.n_threads_batch or self.n_threads
+        self.n_threads, self.n_threads_batch = _resolve_threads(params)
         self._ctx = ctx = _new_context(model, params, self.n_threads, self.n_threads_batch, sink)
         self.load_seconds = time.perf_counter() - t0
         lines = sink.text()

@@ -29,8 +29,8 @@ from moecli.engine.capi import (
 )
 from moecli.engine.loading import _load_model, _ModelParams, _new_context
 from moecli.engine.logs import _LOG, _buffer_lines
+from moecli.engine.threads import _resolve_threads
 from moecli.errors import EngineError
-from moecli.machine import physical_cores  # llama.cpp's default -t (cpu_get_num_math)
 from moecli.params import LlamaParams
 
 
@@ -196,8 +196,7 @@ def dry_run(path: str | os.PathLike[str], params: LlamaParams | None = None, *,
     try:
         mparams = _ModelParams(params, no_alloc=True)
         model = _load_model(path, mparams, sink)
-        n_threads = params.n_threads or physical_cores()
-        ctx = _new_context(model, params, n_threads, params.n_threads_batch or n_threads, sink)
+        ctx = _new_context(model, params, *_resolve_threads(params), sink)
         return _buffer_sizes(ctx, sink.text())
     finally:
         if ctx:
