@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "moecli"
 
 # What each layer may not import (each name covers a module or a package and all it holds).
 CORE = ("planner", "engine", "hub", "store", "gguf", "machine", "synth", "bench")
-FOUNDATIONS = ("facts", "params", "units", "errors", "paths", "ggml", "archs")
+FOUNDATIONS = ("facts", "params", "units", "errors", "paths", "ggml", "archs", "cpu")
 EDGES = ("cli", "render", "output", "chat")
 FORBIDDEN = {
     **{core: ("app", *EDGES) for core in CORE},
@@ -57,12 +57,11 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         for target in targets:
             if target not in known:
                 continue
-            found.add(target)
             parts = target.split(".")
-            for i in range(2, len(parts)):
-                parent = ".".join(parts[:i])
-                if not (name == parent or name.startswith(parent + ".")):
-                    found.add(parent)
+            for i in range(1, len(parts) + 1):  # the module and the packages above it
+                module = ".".join(parts[:i])
+                if not name.startswith(module + "."):  # the importer's own packages already run
+                    found.add(module)
     found.discard(name)
     return found
 

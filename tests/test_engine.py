@@ -432,21 +432,3 @@ def test_should_stop_during_a_long_prompt(demo):
         assert e.last_stop_reason == "should_stop"
         assert e.last_timings.prompt_n == 64 and e.last_timings.predicted_n == 0
         assert len(e._cached) == 64
-
-
-def test_the_engine_imports_only_the_layers_below_it():
-    """cli -> app -> {planner, engine, hub, store, gguf, machine} -> {facts, params, units, errors, paths}:
-    the engine's threads default is its own, not machine.physical_cores."""
-    import ast
-    from pathlib import Path
-
-    import moecli.engine
-
-    below = {"moecli.facts", "moecli.params", "moecli.units", "moecli.errors", "moecli.paths"}
-    imported = set()
-    for source in Path(moecli.engine.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(source.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-            imported |= {n for n in names if n.startswith("moecli") and not n.startswith("moecli.engine")}
-    assert imported <= below, imported - below
