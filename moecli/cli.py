@@ -340,6 +340,62 @@ def bench(
                csv=lambda: benchmod.to_csv(done.results), human=lambda: render.bench_table(out, done.results))
 
 
+# --- serve ------------------------------------------------------------------------------------------
+@app.command()
+@with_plan_options
+def serve(
+    context: typer.Context,
+    model: ModelArg,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (llama-server's default).", rich_help_panel="Server")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", rich_help_panel="Server")] = 8080,
+    parallel: Annotated[int, typer.Option("--parallel", "-np", help="Slots decoding together (-1: auto = 4 with a unified KV cache).", rich_help_panel="Server")] = -1,
+    kv_unified: Annotated[Optional[bool], typer.Option("--kv-unified/--no-kv-unified", "-kvu/-no-kvu", help="One KV cache shared by the slots (default: on with auto slots); otherwise -c is divided among them.", rich_help_panel="Server", show_default=False)] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LLAMA_API_KEY", help="Require 'Authorization: Bearer KEY' (also LLAMA_API_KEY).", rich_help_panel="Server", show_default=False)] = None,
+    alias: Annotated[Optional[str], typer.Option("--alias", "-a", help="The model's name in /v1/models (default: the file's name).", rich_help_panel="Server")] = None,
+    ctx_checkpoints: Annotated[int, typer.Option("--ctx-checkpoints", "-ctxcp", help="State checkpoints kept per slot (hybrid and recurrent models).", rich_help_panel="Server")] = 32,
+    checkpoint_min_step: Annotated[int, typer.Option("--checkpoint-min-step", "-cms", help="Tokens between checkpoints inside a long prompt.", rich_help_panel="Server")] = 8192,
+    cache_ram: Annotated[int, typer.Option("--cache-ram", "-cram", help="MiB of RAM for checkpoints over all slots.", rich_help_panel="Server")] = 8192,
+    verbose: VerboseOpt = False,
+    *, request,
+) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API (like llama-server).
+
+    POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models and /health.
+    Loads with moecli's plan (or your placement flags) and N slots that decode together; each slot
+    keeps a prompt cache, with state checkpoints for hybrid models. Ctrl-C or SIGTERM stops it."""
+    import ipaddress
+
+    from moecli import app as usecases
+
+    out = _output(context)
+    if ctx_checkpoints < 0 or cache_ram < 0 or checkpoint_min_step < 0:
+        raise BadInput("--ctx-checkpoints, --cache-ram and --checkpoint-min-step must not be negative", "0 turns them off")
+    slots = usecases.Slots.resolve(parallel, kv_unified)
+    located, facts, machine = _prepare_local(out, model, request)
+    job = usecases.serve_job(facts, machine, request, slots)
+    _show_plan_findings(out, job.plan)
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not api_key:
+        out.warn(f"listening on {host} without --api-key: anyone who can reach this port can use the model")
+    per_slot = job.plan.params.n_ctx if slots.kv_unified else job.plan.params.n_ctx // slots.n
+    shown = f"[{host}]" if ":" in host else host
+
+    def ready(engine) -> None:
+        out.note(f"{slots.n} slots, {per_slot} tokens of context each"
+                 f"{' (one KV cache shared)' if slots.kv_unified else ''}; listening on http://{shown}:{port}/v1")
+
+    from moecli.serve import server
+
+    server.run(lambda: usecases.load_for_serving(located.path, job, on_log=_log_sink(out, verbose)),
+               host=host, port=port, alias=alias or located.path.name, api_key=api_key, on_ready=ready,
+               scheduler_options={"max_checkpoints": ctx_checkpoints, "cache_ram": cache_ram * 2**20,
+                                  "checkpoint_step": checkpoint_min_step or 2**31},
+               log=lambda line: out.note(line))
+
+
 # --- pull / list / rm -------------------------------------------------------------------------------
 @app.command()
 def pull(

@@ -4,6 +4,7 @@ parse their input, call these, and render what comes back.
     resolve   where a model name points, and its facts
     planning  the machine, the wishes and the user's flags -> a Plan; the one verdict
     running   a Plan -> a loaded Engine; bench and sweep
+    serving   the plan with the server's slots, loaded
     models    pull (with its pre-plan), the pulled models and their verdicts, removal
 """
 
@@ -21,9 +22,11 @@ from moecli.app.planning import (
 )
 from moecli.app.resolve import DEMO, Located, local_shards, locate, looks_like_path, read_facts
 from moecli.app.running import BenchJob, BenchRun, bench_job, ctrl_c_sets, load_engine, run_bench, with_threads
+from moecli.app.serving import ServeJob, Slots, load_for_serving, serve_job
 
 __all__ = [
     "DEMO", "BenchJob", "Listed", "PrePlan", "plan_removal", "pull", "pulled_models", "remove", "BenchRun", "HubFits", "Located", "MachineOptions", "Request", "Verdict", "bench_job",
     "check_flags", "ctrl_c_sets", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
     "machine_for_loading", "plan_for", "read_facts", "run_bench", "verdict", "with_threads",
+    "ServeJob", "Slots", "load_for_serving", "serve_job",
 ]

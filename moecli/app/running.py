@@ -49,7 +49,7 @@ def with_threads(params: LlamaParams) -> LlamaParams:
 
 
 def load_engine(path: Path, params: LlamaParams, *, on_progress: Callable[[float], None] | None = None,
-                on_log: Callable[[str], None] | None = None) -> Engine:
+                on_log: Callable[[str], None] | None = None, n_seq_max: int = 1, kv_unified: bool = False) -> Engine:
     """Load `params` into llama.cpp. Ctrl-C while loading stops the load cleanly
     (KeyboardInterrupt after llama.cpp has let go): it only raises a flag, which the progress
     callback turns into a cancelled load."""
@@ -64,7 +64,8 @@ def load_engine(path: Path, params: LlamaParams, *, on_progress: Callable[[float
             on_progress(fraction)
 
     with ctrl_c_sets(interrupted):
-        engine = Engine.load(path, with_threads(params), on_progress=progress, on_log=on_log)
+        engine = Engine.load(path, with_threads(params), on_progress=progress, on_log=on_log,
+                             n_seq_max=n_seq_max, kv_unified=kv_unified)
     if interrupted[0]:  # after the weights: while the context was made
         engine.close()
         raise KeyboardInterrupt

@@ -152,12 +152,14 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike[str], params: LlamaParams | None = None, *,
                  on_progress: Callable[[float], None] | None = None,
-                 on_log: Callable[[str], None] | None = None) -> None:
+                 on_log: Callable[[str], None] | None = None, n_seq_max: int = 1, kv_unified: bool = False) -> None:
         """Load a GGUF (the first file of a split one) with llama.cpp and make a context.
 
         on_progress gets llama.cpp's load progress (0.0 .. 1.0); raising from it cancels the load.
         on_log gets llama.cpp's raw log text (the CLI's --verbose); otherwise llama.cpp is quiet.
-        Threads: params.n_threads, else the physical cores (llama.cpp's -t); n_threads_batch, else -t."""
+        Threads: params.n_threads, else the physical cores (llama.cpp's -t); n_threads_batch, else -t.
+        n_seq_max: sequences in the context (the server's slots, engine.batch); chat() uses sequence 0."""
+        self.n_seq_max, self.kv_unified = max(1, n_seq_max), kv_unified
         self._ctx = self._model = self._mparams = self._sink = self._threadpools = None  # what close() frees
         try:
             self._load(Path(path), params or LlamaParams(), on_progress, on_log)
@@ -168,9 +170,9 @@ class Engine:
     @classmethod
     def load(cls, path: str | os.PathLike[str], params: LlamaParams | None = None, *,
              on_progress: Callable[[float], None] | None = None,
-             on_log: Callable[[str], None] | None = None) -> Engine:
+             on_log: Callable[[str], None] | None = None, **context) -> Engine:
         """Engine(path, params, ...) by the name callers use."""
-        return cls(path, params, on_progress=on_progress, on_log=on_log)
+        return cls(path, params, on_progress=on_progress, on_log=on_log, **context)
 
     def _load(self, path: Path, params: LlamaParams, on_progress: Callable[[float], None] | None,
               on_log: Callable[[str], None] | None) -> None:
@@ -182,7 +184,8 @@ class Engine:
         self._mparams = _ModelParams(params, on_progress=on_progress)
         self._model = model = _load_model(path, self._mparams, sink)
         self.n_threads, self.n_threads_batch = _resolve_threads(params)
-        self._ctx = ctx = _new_context(model, params, self.n_threads, self.n_threads_batch, sink)
+        self._ctx = ctx = _new_context(model, params, self.n_threads, self.n_threads_batch, sink,
+                                        self.n_seq_max, self.kv_unified)
         self.load_seconds = time.perf_counter() - t0
         lines = sink.text()
         report = _load_report(lines, sink.text(_LOG_WARN), _buffer_sizes(ctx, lines), _llama.llama_n_ctx(ctx))
@@ -197,6 +200,7 @@ class Engine:
         self._vocab = _llama.llama_model_get_vocab(model)
         self._memory = _llama.llama_get_memory(ctx)
         self.n_ctx = _llama.llama_n_ctx(ctx)
+        self.n_ctx_seq = _llama.llama_n_ctx_seq(ctx)  # what one sequence may hold
         self.n_batch = _llama.llama_n_batch(ctx)
         self.n_ctx_train = _llama.llama_model_n_ctx_train(model)
         self.n_vocab = _llama.llama_vocab_n_tokens(self._vocab)

@@ -97,12 +97,15 @@ def _load_model(path: Path, mparams: _ModelParams, sink: _LogSink) -> int:
                       "see `moecli plan` for what fits; --verbose shows llama.cpp's log")
 
 
-def _context_params(params: LlamaParams, n_threads: int, n_threads_batch: int):
+def _context_params(params: LlamaParams, n_threads: int, n_threads_batch: int, n_seq_max: int = 1,
+                    kv_unified: bool = False):
+    """n_seq_max sequences (llama-server's slots); without kv_unified each gets n_ctx / n_seq_max."""
     cp = _llama.llama_context_default_params()
     cp.n_ctx = params.n_ctx
     cp.n_batch = params.n_batch
     cp.n_ubatch = params.n_ubatch
-    cp.n_seq_max = 1
+    cp.n_seq_max = n_seq_max
+    cp.kv_unified = kv_unified
     cp.n_threads = n_threads
     cp.n_threads_batch = n_threads_batch
     cp.flash_attn_type = _FLASH_ATTN[params.flash_attn]  # llama.cpp's own default: auto (Llama() says off)
@@ -113,14 +116,15 @@ def _context_params(params: LlamaParams, n_threads: int, n_threads_batch: int):
     return cp
 
 
-def _new_context(model: int, params: LlamaParams, n_threads: int, n_threads_batch: int, sink: _LogSink) -> int:
+def _new_context(model: int, params: LlamaParams, n_threads: int, n_threads_batch: int, sink: _LogSink,
+                 n_seq_max: int = 1, kv_unified: bool = False) -> int:
     n_ctx_train = _llama.llama_model_n_ctx_train(model)
     if params.n_ctx > n_ctx_train > 0:
         raise EngineError(
             f"context {params.n_ctx} is larger than the model's training context {n_ctx_train}",
             f"use -c {n_ctx_train} or less",
         )
-    ctx = _llama.llama_init_from_model(model, _context_params(params, n_threads, n_threads_batch))
+    ctx = _llama.llama_init_from_model(model, _context_params(params, n_threads, n_threads_batch, n_seq_max, kv_unified))
     if not ctx:
         raise EngineError(f"llama.cpp could not create a context: {_error_detail(sink)}",
                           "check -c, -b/-ub, -ctk/-ctv and -fa; --verbose shows llama.cpp's log")
