@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "moecli"
 # What each layer may not import (each name covers a module or a package and all it holds).
 CORE = ("planner", "engine", "hub", "store", "gguf", "machine", "synth", "bench")
 FOUNDATIONS = ("facts", "params", "units", "errors", "paths", "ggml", "archs", "cpu")
-EDGES = ("cli", "render", "output", "chat")
+EDGES = ("cli", "render", "output", "chat", "serve")
 FORBIDDEN = {
     **{core: ("app", *EDGES) for core in CORE},
     **{base: ("app", *EDGES, *CORE) for base in FOUNDATIONS},

@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import json
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -58,6 +59,19 @@ async def _send_error(send, error: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _drain(receive, cap: int = 64 * 2**20) -> None:
+    """Read (and drop) what the client still sends, up to `cap`, so that it reads the answer rather
+    than a reset connection."""
+    seen = 0
+    while seen < cap:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
+
+
 def _guard(app, state: ServerState):
     async def guarded(scope, receive, send):
         if scope["type"] != "http":
@@ -72,6 +86,7 @@ def _guard(app, state: ServerState):
         too_large = ApiError(413, f"the request body is larger than {limit} bytes", "invalid_request_error")
         try:
             if int(headers.get(b"content-length", b"0") or 0) > limit:
+                await _drain(receive)
                 return await _send_error(send, too_large)
         except ValueError:
             return await _send_error(send, bad_request("bad Content-Length"))
@@ -97,6 +112,7 @@ def _guard(app, state: ServerState):
             await app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
+                await _drain(receive)
                 await _send_error(send, too_large)
     return guarded
 
@@ -336,6 +352,7 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
     import uvicorn
 
     state = ServerState(alias=alias, api_key=api_key)
+    received: list[int] = []
     if log:
         state.log = log
 
@@ -345,6 +362,8 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
             if state.scheduler is not None:
                 state.scheduler.stop(wait=False)
             super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # uvicorn would re-raise it after shutdown, before our cleanup
+            received.append(sig)
 
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off")
@@ -377,3 +396,5 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
             state.engine.close()
     if state.load_error is not None:
         raise state.load_error
+    if signal.SIGINT in received:
+        raise KeyboardInterrupt  # Ctrl-C: the CLI exits 130; SIGTERM: a clean exit 0

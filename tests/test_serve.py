@@ -1,0 +1,379 @@
+"""`moecli serve`: a real server process on 127.0.0.1 with the demo model, driven by the official
+`openai` client (and raw HTTP where the client would hide what is sent). Every wait is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cliutil import ROOT, env
+
+openai = pytest.importorskip("openai")
+
+from moecli.serve.cache import PromptCache, SlotCache, common_prefix  # noqa: E402
+from moecli.serve.slots import StopMatcher  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0,
+                             timeout=kw.pop("timeout", 60), **kw)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+def start(tmp: Path, *args: str, home: Path, extra_env: dict | None = None, model: str = "demo") -> Server:
+    port = _free_port()
+    log = tmp / f"serve-{port}.log"
+    handle = log.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "moecli", "serve", model, "--port", str(port), *args],
+                            stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                            env=env(MOECLI_HOME=str(home), HF_HOME=str(tmp / "hf"), NO_COLOR="1", **(extra_env or {})))
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited ({proc.returncode}): {server.log_text()}")
+        try:
+            with urllib.request.urlopen(server.url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise AssertionError("the server did not become ready: " + server.log_text())
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory, demo_model_session) -> Path:
+    """A MOECLI_HOME holding the session's demo model."""
+    from moecli import paths
+
+    home = tmp_path_factory.mktemp("serve-home")
+    old = os.environ.get("MOECLI_HOME")
+    os.environ["MOECLI_HOME"] = str(home / "moecli")
+    try:
+        models = paths.models_dir()
+    finally:
+        if old is None:
+            del os.environ["MOECLI_HOME"]
+        else:
+            os.environ["MOECLI_HOME"] = old
+    models.mkdir(parents=True)
+    os.link(demo_model_session, models / demo_model_session.name)
+    return home / "moecli"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, home):
+    s = start(tmp_path_factory.mktemp("serve"), "-np", "2", home=home)
+    yield s
+    s.stop()
+
+
+def raw(server: Server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, parsed JSON) of one request, without the openai client."""
+    req = urllib.request.Request(server.url + path, data=body, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+USER = [{"role": "user", "content": "Tell me a story about a cat."}]
+
+
+# --- the endpoints ---------------------------------------------------------------------------------
+def test_chat_completion_has_content_usage_and_timings(server):
+    r = server.client().chat.completions.create(model="anything", messages=USER, max_tokens=12, temperature=0)
+    choice = r.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content.strip()
+    assert choice.finish_reason in ("length", "stop")
+    assert r.object == "chat.completion" and r.model == "moecli-demo-v1.gguf"
+    assert r.usage.prompt_tokens > 0 and 0 < r.usage.completion_tokens <= 12
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.usage.prompt_tokens_details.cached_tokens >= 0
+    t = r.model_extra["timings"]
+    for key in ("cache_n", "prompt_n", "prompt_ms", "prompt_per_second", "predicted_n", "predicted_ms",
+                "predicted_per_second"):
+        assert key in t
+    assert t["predicted_n"] == r.usage.completion_tokens and t["prompt_n"] + t["cache_n"] == r.usage.prompt_tokens
+    assert t["prompt_per_second"] > 0 and t["predicted_per_second"] > 0
+
+
+def test_chat_streams_deltas_then_usage(server):
+    stream = server.client().chat.completions.create(model="x", messages=USER, max_tokens=10, stream=True,
+                                                     stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip()
+    finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finals) == 1 and "timings" in finals[0].model_extra
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+
+
+def test_stream_ends_with_done_and_no_usage_unless_asked(server):
+    body = json.dumps({"messages": USER, "max_tokens": 5, "stream": True}).encode()
+    req = urllib.request.Request(server.url + "/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        lines = [line for line in r.read().decode().splitlines() if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    assert not any('"usage"' in line for line in lines)
+
+
+def test_completions_streaming_and_not(server):
+    c = server.client()
+    r = c.completions.create(model="x", prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].text.strip()
+    assert r.model_extra["timings"]["predicted_n"] == r.usage.completion_tokens
+    pieces = [ch.choices[0].text for ch in c.completions.create(model="x", prompt="Once upon a time", max_tokens=8,
+                                                                temperature=0, stream=True) if ch.choices]
+    assert "".join(pieces) == r.choices[0].text  # greedy: the same text either way
+
+
+def test_stop_strings_across_tokens_are_not_emitted(server):
+    c = server.client()
+    full = c.completions.create(model="x", prompt="The city", max_tokens=24, temperature=0).choices[0].text
+    stop = full[6:10]
+    assert len(stop) == 4
+    r = c.completions.create(model="x", prompt="The city", max_tokens=24, temperature=0, stop=[stop])
+    assert r.choices[0].text == full[:full.index(stop)] and r.choices[0].finish_reason == "stop"
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="x", prompt="The city", max_tokens=24, temperature=0, stop=stop, stream=True) if ch.choices)
+    assert streamed == r.choices[0].text
+
+
+def test_models_and_health(server):
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["moecli-demo-v1.gguf"]
+    assert raw(server, "GET", "/health") == (200, {"status": "ok"})
+
+
+def test_a_repeated_prompt_is_served_from_the_cache(server):
+    c = server.client()
+    messages = [{"role": "user", "content": "What is the capital of a country with many cats?"}]
+    first = c.chat.completions.create(model="x", messages=messages, max_tokens=4, temperature=0)
+    again = c.chat.completions.create(model="x", messages=messages, max_tokens=4, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 5 > 0
+    assert again.model_extra["timings"]["cache_n"] == again.usage.prompt_tokens_details.cached_tokens
+
+
+# --- slots ---------------------------------------------------------------------------------------
+def test_eight_clients_on_two_slots_are_all_answered(server):
+    c = server.client()
+    results: dict[int, str] = {}
+
+    def ask(i: int) -> None:
+        stream = c.chat.completions.create(model="x", messages=[{"role": "user", "content": f"Client {i} says hi"}],
+                                           max_tokens=16, stream=i % 2 == 0)
+        if i % 2 == 0:
+            results[i] = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+        else:
+            results[i] = stream.choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == list(range(8)) and all(text.strip() for text in results.values())
+
+
+def test_a_client_cut_off_mid_stream_frees_its_slot(server):
+    """Two streams that would run to the end of the context are cut off after a few chunks; the
+    next request is answered at once (both slots would be busy otherwise) and the log says why."""
+    body = json.dumps({"messages": USER, "max_tokens": 100000, "ignore_eos": True, "stream": True}).encode()
+    for _ in range(2):
+        s = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        got = b""
+        while got.count(b"data: ") < 4:
+            got += s.recv(4096)
+        s.close()
+    r = server.client(timeout=30).chat.completions.create(model="x", messages=USER, max_tokens=4)
+    assert r.choices[0].message.content is not None and r.usage.completion_tokens > 0
+    deadline = time.monotonic() + 10
+    while server.log_text().count("went away") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.log_text().count("went away") >= 2
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+def test_bad_requests_get_openai_shaped_errors(server):
+    status, body = raw(server, "POST", "/v1/chat/completions", b"{not json")
+    assert status == 400 and body["error"]["type"] == "invalid_request_error" and body["error"]["code"] == 400
+    status, body = raw(server, "POST", "/v1/chat/completions", json.dumps({"max_tokens": 3}).encode())
+    assert status == 400 and "messages" in body["error"]["message"]
+    status, body = raw(server, "POST", "/v1/chat/completions", json.dumps({"messages": USER, "temperature": "hot"}).encode())
+    assert status == 400 and "temperature" in body["error"]["message"]
+    status, body = raw(server, "GET", "/v1/nothing-here")
+    assert status == 404 and body["error"]["code"] == 404
+    status, body = raw(server, "POST", "/v1/completions", json.dumps({"prompt": "hi", "logit_bias": {"x": 1}}).encode())
+    assert status == 400 and "logit_bias" in body["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match="n = 2"):
+        server.client().chat.completions.create(model="x", messages=USER, n=2)
+
+
+def test_a_prompt_longer_than_the_context_names_both_numbers(server):
+    with pytest.raises(openai.BadRequestError) as err:
+        server.client().completions.create(model="x", prompt="cat " * 5000, max_tokens=1)
+    error = err.value.body
+    assert error["type"] == "exceed_context_size_error"
+    assert error["n_ctx"] == 2048  # -c 4096 divided among -np 2 slots, as llama-server does without -kvu
+    assert f"({error['n_prompt_tokens']} tokens)" in error["message"] and "(2048 tokens)" in error["message"]
+
+
+def test_a_body_over_the_limit_is_413(server):
+    status, body = raw(server, "POST", "/v1/completions", json.dumps({"prompt": "x" * (9 * 2**20)}).encode())
+    assert status == 413 and body["error"]["code"] == 413
+
+
+def test_the_api_key(tmp_path, home):
+    s = start(tmp_path, "-np", "1", home=home, extra_env={"LLAMA_API_KEY": "sekrit"})
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            s.client(api_key="wrong").models.list()
+        status, body = raw(s, "GET", "/v1/models")
+        assert status == 401 and body["error"]["type"] == "authentication_error"
+        assert raw(s, "GET", "/health")[0] == 200  # needs no key, as llama-server's
+        r = s.client(api_key="sekrit").chat.completions.create(model="x", messages=USER, max_tokens=3)
+        assert r.usage.completion_tokens > 0
+    finally:
+        s.stop()
+
+
+# --- Qwen3.5: thinking, and the prompt cache over a conversation ------------------------------------------
+@pytest.fixture(scope="module")
+def qwen35(tmp_path_factory, home):
+    """The demo model with the Qwen3.5/3.6 chat template (its generation prompt opens <think>)."""
+    from gguf import Keys
+
+    from moecli import synth
+
+    tmp = tmp_path_factory.mktemp("qwen35")
+    recipe = synth.demo_recipe()
+    metadata = {**recipe.metadata, Keys.Tokenizer.CHAT_TEMPLATE: synth.chat_template("qwen3.5")}
+    path = synth.write_gguf(tmp / "demo-qwen35.gguf", recipe.arch, metadata, recipe.tensors, data=recipe.data)
+    s = start(tmp, "-np", "2", home=home, model=str(path))
+    yield s
+    s.stop()
+
+
+def test_thinking_comes_back_as_reasoning_content(qwen35):
+    c = qwen35.client()
+    r = c.chat.completions.create(model="x", messages=USER, max_tokens=12, temperature=0)
+    assert r.choices[0].message.model_extra["reasoning_content"].strip()  # the reply started inside <think>
+    chunks = list(c.chat.completions.create(model="x", messages=USER, max_tokens=12, temperature=0, stream=True))
+    streamed = "".join((ch.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for ch in chunks if ch.choices)
+    assert streamed.strip() == r.choices[0].message.model_extra["reasoning_content"]
+    off = c.chat.completions.create(model="x", messages=USER, max_tokens=12, temperature=0,
+                                    extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert off.choices[0].message.content.strip() and "reasoning_content" not in off.choices[0].message.model_extra
+
+
+def test_a_three_turn_chat_reuses_the_earlier_turns(qwen35):
+    """The Qwen3.5 template drops earlier thinking, so each prompt differs from the last inside the
+    previous reply; the hybrid model's recurrent state cannot be cut back there: the state
+    checkpoints make the later turns reuse the earlier ones anyway."""
+    c = qwen35.client()
+    messages = [{"role": "system", "content": "You are a helpful assistant who likes cats."}]
+    turns = []
+    for question in ("Hello there, who are you?", "Tell me about cats.", "And about dogs?"):
+        messages.append({"role": "user", "content": question})
+        r = c.chat.completions.create(model="x", messages=messages, max_tokens=16, temperature=0)
+        turns.append(r)
+        messages.append({"role": "assistant", "content": r.choices[0].message.content or "ok"})
+    cached = [t.model_extra["timings"]["cache_n"] for t in turns]
+    prompts = [t.usage.prompt_tokens for t in turns]
+    assert cached[0] >= 0
+    # each later turn reuses at least the previous prompt up to its last few tokens (the generation prompt)
+    assert cached[1] >= prompts[0] - 5 > 0 and cached[2] >= prompts[1] - 5 > cached[1]
+
+
+# --- stopping ------------------------------------------------------------------------------------------
+def test_sigterm_while_streaming_ends_the_stream_and_the_server(tmp_path, home):
+    s = start(tmp_path, "-np", "1", home=home)
+    got: list[str] = []
+    finished = threading.Event()
+
+    def stream() -> None:
+        try:
+            for ch in s.client().chat.completions.create(model="x", messages=USER, max_tokens=100000, stream=True,
+                                                         extra_body={"ignore_eos": True}):
+                if ch.choices:
+                    got.append(ch.choices[0].delta.content or "")
+        except Exception:  # noqa: BLE001 - a cut connection is acceptable; a hang is not
+            pass
+        finished.set()
+
+    t = threading.Thread(target=stream, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(got) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(got) >= 5
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(timeout=30) == 0
+    assert finished.wait(timeout=30)
+
+
+# --- the parts ---------------------------------------------------------------------------------------------
+def test_stop_matcher_holds_back_a_partial_stop():
+    m = StopMatcher(["END"])
+    assert m.feed("abc E") == ("abc ", False)
+    assert m.feed("N") == ("", False)
+    assert m.feed("Dxyz") == ("", True)
+    m = StopMatcher(["END"])
+    assert m.feed("E") == ("", False) and m.feed("x") == ("Ex", False)
+
+
+def test_slot_choice_prefers_the_longest_shared_prefix():
+    cache = PromptCache(3, recurrent=False)
+    a, b, c = cache.slots
+    a.tokens, b.tokens, c.tokens = [1, 2, 3, 4], [1, 2, 9], []
+    a.last_used, b.last_used, c.last_used = 3.0, 2.0, 1.0
+    assert cache.choose([a, b, c], [1, 2, 3, 4, 5]) is a
+    assert cache.choose([b, c], [1, 2, 3, 4, 5]) is b
+    assert cache.choose([a, b, c], [7, 7, 7]) is c  # nothing shared: the slot unused longest
+    assert common_prefix([1, 2, 3], [1, 2]) == 2
+    assert isinstance(a, SlotCache)
