@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,7 +195,7 @@ def test_bad_input_is_refused_with_a_hint(tmp_path, kwargs, match):
 
 def test_not_enough_disk_is_a_disk_space_error(tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(synth.shutil, "disk_usage", lambda _: usage(100, 90, 10))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(100, 90, 10))
     with pytest.raises(DiskSpaceError):
         write_gguf(tmp_path / "m.gguf", "llama", {}, ALL_TYPES)
     write_gguf(tmp_path / "s.gguf", "llama", {}, ALL_TYPES, fill="sparse")  # holes need no space
@@ -438,7 +439,7 @@ def test_demo_model_chats_through_llama_cpp_python(demo_model_session):
     choice = out["choices"][0]
     words = choice["message"]["content"].split()
     assert choice["finish_reason"] in ("stop", "length") and out["usage"]["completion_tokens"] > 0
-    common = set(synth._COMMON_WORDS) | {",", "."}
+    common = set(synth.presets._COMMON_WORDS) | {",", "."}
     assert words and sum(w.strip(",.") in common for w in words) >= 0.8 * len(words), words
 
 

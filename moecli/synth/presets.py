@@ -696,7 +696,7 @@ _QWEN3_ADDED = [
     ("<think>", 4), ("</think>", 4),
 ]
 QWEN3_VOCAB = 151936  # Qwen2/Qwen3 embedding rows (the tokenizer pads with [PAD<i>] up to here)
-_DATA = Path(__file__).parent / "data"
+_DATA = Path(__file__).parent.parent / "data"
 
 
 @lru_cache(maxsize=1)

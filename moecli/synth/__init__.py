@@ -1,0 +1,42 @@
+"""Write GGUF files with real architectures and tensor shapes, filled with realistic random weights."""
+
+from moecli.synth.presets import (
+    DEMO_FILENAME,
+    DEMO_VERSION,
+    FILLS,
+    PRESETS,
+    QUANTS,
+    QWEN3_VOCAB,
+    QWEN_BOS,
+    QWEN_EOS,
+    QWEN_PAD,
+    WEIGHT_STD,
+    ModelRecipe,
+    Qwen3Config,
+    Qwen35MoeConfig,
+    TensorSpec,
+    apply_quant,
+    build_recipe,
+    chat_template,
+    data_size,
+    demo_recipe,
+    encode_floats,
+    ensure_demo_model,
+    qwen3_metadata,
+    qwen3_shapes,
+    qwen35moe_metadata,
+    qwen35moe_shapes,
+    qwen_tokenizer_metadata,
+    random_blocks,
+    split_paths,
+    write_gguf,
+    write_split_gguf,
+)
+
+__all__ = [
+    "DEMO_FILENAME", "DEMO_VERSION", "FILLS", "PRESETS", "QUANTS", "QWEN3_VOCAB", "QWEN_BOS", "QWEN_EOS", "QWEN_PAD",
+    "WEIGHT_STD", "ModelRecipe", "Qwen3Config", "Qwen35MoeConfig", "TensorSpec", "apply_quant", "build_recipe",
+    "chat_template", "data_size", "demo_recipe", "encode_floats", "ensure_demo_model", "qwen3_metadata", "qwen3_shapes",
+    "qwen35moe_metadata", "qwen35moe_shapes", "qwen_tokenizer_metadata", "random_blocks", "split_paths", "write_gguf",
+    "write_split_gguf",
+]
