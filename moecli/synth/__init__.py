@@ -14,7 +14,6 @@ from moecli.synth.presets import (
     ModelRecipe,
     Qwen3Config,
     Qwen35MoeConfig,
-    TensorSpec,
     apply_quant,
     build_recipe,
     chat_template,
@@ -32,6 +31,7 @@ from moecli.synth.presets import (
     write_gguf,
     write_split_gguf,
 )
+from moecli.synth.tensor import TensorSpec
 
 __all__ = [
     "DEMO_FILENAME", "DEMO_VERSION", "FILLS", "PRESETS", "QUANTS", "QWEN3_VOCAB", "QWEN_BOS", "QWEN_EOS", "QWEN_PAD",

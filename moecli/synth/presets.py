@@ -30,7 +30,6 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
-from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFValueTy
 from gguf import quants as gguf_quants
 
 from moecli.errors import BadInput, DiskSpaceError
+from moecli.synth.tensor import TensorSpec
 
 FILLS = ("random", "zeros", "sparse")
 
@@ -49,42 +49,6 @@ WEIGHT_STD = 0.02
 _CHUNK_BYTES = 4 << 20  # generation and write granularity (bounded memory)
 _POOL_BYTES = 32 << 20  # tensors larger than this repeat windows of a per-type pool of blocks
 _WINDOW_BYTES = 1 << 20  # size of one window taken from the pool at a random block offset
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]  # ggml order: shape[0] is the contiguous dimension (ne0)
-    ggml_type: str  # "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K", ...
-
-    @property
-    def qtype(self) -> GGMLQuantizationType:
-        try:
-            return GGMLQuantizationType[self.ggml_type.upper()]
-        except KeyError:
-            raise BadInput(f"unknown ggml type {self.ggml_type!r} for tensor {self.name}",
-                           "use a gguf.GGMLQuantizationType name such as F16, Q8_0 or Q4_K") from None
-
-    @property
-    def n_elements(self) -> int:
-        return prod(self.shape)
-
-    @property
-    def n_blocks(self) -> int:
-        return self.n_elements // GGML_QUANT_SIZES[self.qtype][0]
-
-    @property
-    def nbytes(self) -> int:
-        block, size = GGML_QUANT_SIZES[self.qtype]
-        return self.n_elements // block * size
-
-    def check(self) -> None:
-        block = GGML_QUANT_SIZES[self.qtype][0]
-        if not self.shape or any(d <= 0 for d in self.shape):
-            raise BadInput(f"tensor {self.name} has shape {self.shape}", "every dimension must be positive")
-        if self.shape[0] % block:
-            raise BadInput(f"tensor {self.name}: a row of {self.shape[0]} is not whole {self.ggml_type} blocks of {block}",
-                           "pick a type whose block size divides ne0 (llama-quant falls back to Q8_0/Q5_0/F16)")
 
 
 # ---------------------------------------------------------------------------------------------
