@@ -10,7 +10,6 @@ from moecli.synth.presets import (
     QWEN_BOS,
     QWEN_EOS,
     QWEN_PAD,
-    WEIGHT_STD,
     ModelRecipe,
     Qwen3Config,
     Qwen35MoeConfig,
@@ -19,18 +18,17 @@ from moecli.synth.presets import (
     chat_template,
     data_size,
     demo_recipe,
-    encode_floats,
     ensure_demo_model,
     qwen3_metadata,
     qwen3_shapes,
     qwen35moe_metadata,
     qwen35moe_shapes,
     qwen_tokenizer_metadata,
-    random_blocks,
     split_paths,
     write_gguf,
     write_split_gguf,
 )
+from moecli.synth.quants import WEIGHT_STD, encode_floats, random_blocks
 from moecli.synth.tensor import TensorSpec
 
 __all__ = [
