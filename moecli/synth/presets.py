@@ -26,8 +26,7 @@ import os
 import re
 import shutil
 import struct
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
@@ -37,14 +36,11 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFEndian, GGUFValueType, GGUFWriter, Keys
 
 from moecli.errors import BadInput, DiskSpaceError
-from moecli.synth.quants import WEIGHT_STD, encode_floats, f16_bytes, random_blocks
+from moecli.synth.fill import CHUNK_BYTES, RandomSource, seed_for
+from moecli.synth.quants import f16_bytes, random_blocks
 from moecli.synth.tensor import TensorSpec
 
 FILLS = ("random", "zeros", "sparse")
-
-_CHUNK_BYTES = 4 << 20  # generation and write granularity (bounded memory)
-_POOL_BYTES = 32 << 20  # tensors larger than this repeat windows of a per-type pool of blocks
-_WINDOW_BYTES = 1 << 20  # size of one window taken from the pool at a random block offset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,104 +169,6 @@ class _Writer(GGUFWriter):
         return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
-# What a tensor's values look like, from its name (llama.cpp's tensor names).
-def _init_kind(name: str) -> str:
-    if name.endswith("norm.weight"):
-        return "ones"  # RMSNorm gains (convert_hf_to_gguf adds 1 where HF stores them as offsets)
-    if name.endswith(".ssm_a") or name.endswith("ssm_a.weight"):
-        return "decay"  # -exp(A_log): negative, or the recurrent state grows without bound
-    if name.endswith("ssm_dt.bias"):
-        return "ones"  # dt_bias, initialised to ones in Qwen3-Next/3.5
-    if name.endswith(".bias"):
-        return "small"
-    return "weight"
-
-
-def _float_values(kind: str, rng: np.random.Generator, n: int, std: float) -> np.ndarray:
-    if kind == "ones":
-        return (1.0 + rng.standard_normal(n, dtype=np.float32) * np.float32(std)).astype(np.float32)
-    if kind == "decay":
-        return (-np.exp(rng.uniform(0.0, np.log(16.0), size=n))).astype(np.float32)
-    if kind == "small":
-        return rng.standard_normal(n, dtype=np.float32) * np.float32(std / 10)
-    return rng.standard_normal(n, dtype=np.float32) * np.float32(std)
-
-
-def _seed_for(seed: int, *parts: str | int) -> list[int]:
-    return [seed & 0xFFFFFFFF] + [zlib.crc32(p.encode()) if isinstance(p, str) else p for p in parts]
-
-
-class _RandomSource:
-    """Deterministic random data for the tensors of one file (a pool per type, built on demand)."""
-
-    def __init__(self, seed: int, data: Mapping[str, np.ndarray] | None = None, std: float = WEIGHT_STD) -> None:
-        self.seed = seed
-        self.data = dict(data or {})
-        self.std = std
-        self._pools: dict[GGMLQuantizationType, np.ndarray] = {}
-
-    def _pool(self, qtype: GGMLQuantizationType) -> np.ndarray:
-        if qtype not in self._pools:
-            size = GGML_QUANT_SIZES[qtype][1]
-            # a prime number of blocks: windows at different offsets never line up periodically
-            n = _prime_below(_POOL_BYTES // size)
-            rng = np.random.default_rng(_seed_for(self.seed, "pool", qtype.name))
-            self._pools[qtype] = random_blocks(qtype.name, n, rng, self.std).reshape(-1)
-        return self._pools[qtype]
-
-    def chunks(self, spec: TensorSpec) -> Iterator[memoryview | bytes]:
-        qtype = spec.qtype
-        block, size = GGML_QUANT_SIZES[qtype]
-        if spec.name in self.data:
-            yield _explicit_bytes(spec, self.data[spec.name]).data
-            return
-        kind = _init_kind(spec.name)
-        if kind != "weight":
-            values = _float_values(kind, np.random.default_rng(_seed_for(self.seed, spec.name)), spec.n_elements, self.std)
-            yield encode_floats(values.reshape(-1, spec.shape[0]), qtype).data
-            return
-        if spec.nbytes > _POOL_BYTES:
-            pool = self._pool(qtype)
-            n_pool = len(pool) // size
-            per_window = max(1, _WINDOW_BYTES // size)
-            rng = np.random.default_rng(_seed_for(self.seed, spec.name))
-            view = memoryview(pool)
-            left = spec.n_blocks
-            while left:
-                n = min(per_window, left)
-                start = int(rng.integers(0, n_pool - n + 1))
-                yield view[start * size:(start + n) * size]
-                left -= n
-            return
-        per_chunk = max(1, _CHUNK_BYTES // size)
-        for i, first in enumerate(range(0, spec.n_blocks, per_chunk)):
-            n = min(per_chunk, spec.n_blocks - first)
-            rng = np.random.default_rng(_seed_for(self.seed, spec.name, i))
-            yield random_blocks(qtype.name, n, rng, self.std).data
-
-
-def _explicit_bytes(spec: TensorSpec, values: np.ndarray) -> np.ndarray:
-    """Given contents of a tensor: float values (numpy order) to encode, or its raw uint8 encoding."""
-    if values.dtype == np.uint8:
-        raw = np.ascontiguousarray(values).reshape(-1)
-    else:
-        if values.size != spec.n_elements:
-            raise BadInput(f"tensor {spec.name}: {values.size} values given for {spec.n_elements} elements",
-                           "give values of the tensor's shape (numpy order: reversed ggml shape)")
-        raw = encode_floats(values.reshape(-1, spec.shape[0]), spec.qtype).reshape(-1)
-    if raw.nbytes != spec.nbytes:
-        raise BadInput(f"tensor {spec.name}: {raw.nbytes} bytes given, its {spec.ggml_type} encoding takes {spec.nbytes}",
-                       "give raw blocks of the tensor's type and size")
-    return raw
-
-
-def _prime_below(n: int) -> int:
-    n = max(n, 3)
-    while any(n % p == 0 for p in range(2, int(n**0.5) + 1)):
-        n -= 1
-    return n
-
-
 # ---------------------------------------------------------------------------------------------
 # writing
 
@@ -328,7 +226,7 @@ def _header_writer(path: Path, arch: str, metadata: Mapping[str, Any], tensors: 
 
 
 def _write_one(path: Path, arch: str, metadata: Mapping[str, Any], tensors: Sequence[TensorSpec], *,
-               fill: str, source: _RandomSource | None, alignment: int, with_arch: bool,
+               fill: str, source: RandomSource | None, alignment: int, with_arch: bool,
                on_bytes: Callable[[int], None]) -> Path:
     """Write one GGUF file at a temporary name beside `path`; return the temporary path (fsynced)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -344,12 +242,12 @@ def _write_one(path: Path, arch: str, metadata: Mapping[str, Any], tensors: Sequ
             f.truncate(f.tell() + data_size(tensors, alignment))
             on_bytes(sum(t.nbytes for t in tensors))
         else:
-            zeros = memoryview(bytes(_CHUNK_BYTES))
+            zeros = memoryview(bytes(CHUNK_BYTES))
             for spec in tensors:
                 if fill == "zeros":
                     left = spec.nbytes
                     while left:
-                        n = min(left, _CHUNK_BYTES)
+                        n = min(left, CHUNK_BYTES)
                         f.write(zeros[:n])
                         left -= n
                         on_bytes(n)
@@ -407,7 +305,7 @@ def _write_files(paths: list[Path], arch: str, metadata: Mapping[str, Any], grou
         if progress is not None:
             progress(done, total)
 
-    source = _RandomSource(seed, data) if fill == "random" else None
+    source = RandomSource(seed, data) if fill == "random" else None
     n_tensors = sum(len(g) for g in groups)
     temps: list[Path] = []
     try:
@@ -894,7 +792,7 @@ def _readable_vocab_tensors(n_embd: int, n_vocab: int, n_layer: int, seed: int) 
     replies are not empty. The layers' input norms have a zero gain on dimensions 0 and 1, so the
     layers never see these constants (otherwise every token would pick the same experts).
     """
-    rng = np.random.default_rng(_seed_for(seed, "readable-vocab"))
+    rng = np.random.default_rng(seed_for(seed, "readable-vocab"))
     tokens, _ = _qwen_bpe()
     index = {t: i for i, t in enumerate(tokens)}
     out_head = np.zeros((n_vocab, 2), dtype=np.float32)
