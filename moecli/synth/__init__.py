@@ -3,7 +3,6 @@
 from moecli.synth.presets import (
     DEMO_FILENAME,
     DEMO_VERSION,
-    FILLS,
     PRESETS,
     QUANTS,
     QWEN3_VOCAB,
@@ -16,7 +15,6 @@ from moecli.synth.presets import (
     apply_quant,
     build_recipe,
     chat_template,
-    data_size,
     demo_recipe,
     ensure_demo_model,
     qwen3_metadata,
@@ -24,12 +22,10 @@ from moecli.synth.presets import (
     qwen35moe_metadata,
     qwen35moe_shapes,
     qwen_tokenizer_metadata,
-    split_paths,
-    write_gguf,
-    write_split_gguf,
 )
 from moecli.synth.quants import WEIGHT_STD, encode_floats, random_blocks
 from moecli.synth.tensor import TensorSpec
+from moecli.synth.writer import FILLS, data_size, split_paths, write_gguf, write_split_gguf
 
 __all__ = [
     "DEMO_FILENAME", "DEMO_VERSION", "FILLS", "PRESETS", "QUANTS", "QWEN3_VOCAB", "QWEN_BOS", "QWEN_EOS", "QWEN_PAD",
