@@ -5,26 +5,21 @@ from moecli.synth.presets import (
     DEMO_VERSION,
     PRESETS,
     QUANTS,
-    QWEN3_VOCAB,
-    QWEN_BOS,
-    QWEN_EOS,
-    QWEN_PAD,
     ModelRecipe,
     Qwen3Config,
     Qwen35MoeConfig,
     apply_quant,
     build_recipe,
-    chat_template,
     demo_recipe,
     ensure_demo_model,
     qwen3_metadata,
     qwen3_shapes,
     qwen35moe_metadata,
     qwen35moe_shapes,
-    qwen_tokenizer_metadata,
 )
 from moecli.synth.quants import WEIGHT_STD, encode_floats, random_blocks
 from moecli.synth.tensor import TensorSpec
+from moecli.synth.vocab import QWEN3_VOCAB, QWEN_BOS, QWEN_EOS, QWEN_PAD, chat_template, qwen_tokenizer_metadata
 from moecli.synth.writer import FILLS, data_size, split_paths, write_gguf, write_split_gguf
 
 __all__ = [
