@@ -4,11 +4,9 @@ from moecli.synth.presets import (
     DEMO_FILENAME,
     DEMO_VERSION,
     PRESETS,
-    QUANTS,
     ModelRecipe,
     Qwen3Config,
     Qwen35MoeConfig,
-    apply_quant,
     build_recipe,
     demo_recipe,
     ensure_demo_model,
@@ -17,6 +15,7 @@ from moecli.synth.presets import (
     qwen35moe_metadata,
     qwen35moe_shapes,
 )
+from moecli.synth.quantmix import QUANTS, apply_quant
 from moecli.synth.quants import WEIGHT_STD, encode_floats, random_blocks
 from moecli.synth.tensor import TensorSpec
 from moecli.synth.vocab import QWEN3_VOCAB, QWEN_BOS, QWEN_EOS, QWEN_PAD, chat_template, qwen_tokenizer_metadata
