@@ -1,20 +1,7 @@
 """Write GGUF files with real architectures and tensor shapes, filled with realistic random weights."""
 
-from moecli.synth.presets import (
-    DEMO_FILENAME,
-    DEMO_VERSION,
-    PRESETS,
-    ModelRecipe,
-    Qwen3Config,
-    Qwen35MoeConfig,
-    build_recipe,
-    demo_recipe,
-    ensure_demo_model,
-    qwen3_metadata,
-    qwen3_shapes,
-    qwen35moe_metadata,
-    qwen35moe_shapes,
-)
+from moecli.synth.archs import Qwen3Config, Qwen35MoeConfig, qwen3_metadata, qwen3_shapes, qwen35moe_metadata, qwen35moe_shapes
+from moecli.synth.presets import DEMO_FILENAME, DEMO_VERSION, PRESETS, ModelRecipe, build_recipe, demo_recipe, ensure_demo_model
 from moecli.synth.quantmix import QUANTS, apply_quant
 from moecli.synth.quants import WEIGHT_STD, encode_floats, random_blocks
 from moecli.synth.tensor import TensorSpec
