@@ -1,4 +1,16 @@
-"""Write GGUF files with real architectures and tensor shapes, filled with realistic random weights."""
+"""Write GGUF files with real architectures and tensor shapes, filled with realistic random weights.
+
+One job per module, along the seams of llama.cpp's gguf-py (gguf_writer.py, quants.py, vocab.py):
+- `writer`: the GGUF writer: `write_gguf`, `write_split_gguf` (gguf-split's layout), the three
+  fills ("random", "zeros", "sparse": holes, a 21 GB planning fixture in under a second).
+- `tensor`: `TensorSpec`, one tensor's name, ggml shape and type, and its size.
+- `quants`: random blocks of ggml's quant types (Q2_K ... Q6_K, Q8_0, Q4_0), `encode_floats`.
+- `fill`: what fill="random" puts in each tensor (by its name), deterministic from a seed.
+- `vocab`: the Qwen tokenizer's metadata and the chat templates shipped in moecli/data.
+- `quantmix`: the type llama-quantize gives each tensor (`apply_quant`).
+- `archs`: architectures' hyperparameters, tensor shapes and metadata (qwen35moe, qwen3).
+- `presets`: `build_recipe` (Qwen3.6-35B-A3B, the demo, a tiny qwen3) and `ensure_demo_model`.
+"""
 
 from moecli.synth.archs import Qwen3Config, Qwen35MoeConfig, qwen3_metadata, qwen3_shapes, qwen35moe_metadata, qwen35moe_shapes
 from moecli.synth.presets import DEMO_FILENAME, DEMO_VERSION, PRESETS, ModelRecipe, build_recipe, demo_recipe, ensure_demo_model

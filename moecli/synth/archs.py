@@ -20,8 +20,9 @@ from moecli.synth.vocab import QWEN3_VOCAB
 class Qwen35MoeConfig:
     """Hyperparameters of a `qwen35moe` model; the defaults are Qwen3.6-35B-A3B.
 
-    Sources: /work/shared/facts/qwen36-35b-a3b.md and llama.cpp's src/models/qwen35moe.cpp and
-    conversion/qwen.py (Qwen3_5MoeTextModel). The Gated DeltaNet shapes follow llama.cpp:
+    Sources: the config.json of Qwen/Qwen3.6-35B-A3B on the Hugging Face Hub, and llama.cpp's
+    src/models/qwen35moe.cpp and conversion/qwen.py (Qwen3_5MoeTextModel), which turn it into
+    these hyperparameters. The Gated DeltaNet shapes follow llama.cpp:
     key heads = ssm.group_count, value heads = ssm.time_step_rank, head dim = ssm.state_size.
     """
 

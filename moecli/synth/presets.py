@@ -1,21 +1,11 @@
-"""Write GGUF files with real architectures and tensor shapes, filled with realistic random weights.
+"""Model recipes: the presets as whole models (architecture, metadata, tensor types), and the demo.
 
-- `write_gguf` / `write_split_gguf`: any architecture, metadata and tensor list (gguf-split layout
-  for shards).
-- `build_recipe`: presets with llama.cpp's exact tensor names and shapes (Qwen3.6-35B-A3B as
-  `qwen35moe`, the tiny demo, a tiny dense `qwen3`) and llama-quantize's type mixes (Q4_K_M, ...).
-- `ensure_demo_model`: the tiny chat model behind the model name `demo`.
-
-Three fills:
-- "sparse": header and tensor infos, then the file is extended to its full size without writing
-  data (holes): a 21 GB planning fixture is made in well under a second (the header is the work).
-- "zeros": real zero bytes.
-- "random": weights the engine can run: zero-mean, |w| ~ 0.02, norm weights ~ 1, biases ~ 0,
-  deterministic from `seed`. Quantized blocks are built directly (K-quants are not implemented in
-  `gguf.quants`); big tensors repeat windows of a pool of random blocks so a 20 GB file is written
-  at disk speed with bounded memory, while experts still differ from one another.
-
-Every file is written to a temporary name in its directory, fsynced and renamed.
+- `build_recipe`: "qwen3.6-35b-a3b" (Qwen3.6-35B-A3B's exact shapes as `qwen35moe`), "demo" (the
+  tiny qwen35moe chat model) and "qwen3-tiny" (a tiny dense `qwen3`), with the Qwen tokenizer and
+  llama-quantize's type mix (Q4_K_M, ...); `ModelRecipe.write` writes one through synth/writer.py.
+- The demo's readable vocabulary: an output bias toward common English words, so its random
+  weights answer in words and stop by themselves.
+- `ensure_demo_model`: the versioned demo file behind the model name `demo`.
 """
 
 from __future__ import annotations
@@ -38,9 +28,6 @@ from moecli.synth.quants import f16_bytes, random_blocks
 from moecli.synth.tensor import TensorSpec
 from moecli.synth.vocab import QWEN3_VOCAB, QWEN_EOS, qwen_bpe, qwen_tokenizer_metadata
 from moecli.synth.writer import write_gguf, write_split_gguf
-
-# ---------------------------------------------------------------------------------------------
-# recipes and presets
 
 
 @dataclass(frozen=True)
