@@ -710,7 +710,7 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: 
     """Serve a sparse file of `size` bytes (or the real GGUF `gguf`) from a separate process (paced
     to `rate` bytes/s, as a real link would be, when given) and download it, alternately, with
     `curl -o`, with `curl -o` then `sha256sum` (the same guarantee moecli gives), and with
-    moecli.download.fetch (which hashes as it writes); with `gguf`, also with the whole `moecli pull`
+    moecli.hub.transfer.fetch (which hashes as it writes); with `gguf`, also with the whole `moecli pull`
     in a subprocess (its own figure: bytes over the seconds of its transfer, without start-up,
     listing and plan; its CPU figure includes them). With `tls`, over https with the test
     certificate (the server's TLS then takes CPU from the same two cores). Prints MiB/s per run,
@@ -727,7 +727,7 @@ def bench(size: int, runs: int, workdir: Path, rate: float | None = None, gguf: 
     import time
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from moecli.download import Digest, TransferOptions, fetch
+    from moecli.hub.transfer import Digest, TransferOptions, fetch
 
     workdir.mkdir(parents=True, exist_ok=True)
     if gguf is None:

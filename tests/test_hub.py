@@ -17,9 +17,10 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
 from moecli import hub as hubmod
 from moecli import models, paths, store
-from moecli.download import PARTIAL_SUFFIX, TransferOptions
 from moecli.errors import BadInput, DiskSpaceError, DoesNotFit, DownloadError, HubError, ModelFileError, StoreError
-from moecli.hub import Alias, HubFile, ModelRef, parse_ref
+from moecli.hub import PARTIAL_SUFFIX, Alias, HubFile, ModelRef, TransferOptions, parse_ref
+from moecli.hub.pull import _Meter
+from moecli.units import fmt_bytes
 
 FAST = TransferOptions(backoff=0.0)
 NO_RETRY = TransferOptions(retries=0, backoff=0.0)
@@ -504,7 +505,7 @@ def test_not_enough_disk(hub):
     with pytest.raises(DiskSpaceError) as err:
         hubmod.pull(f"{TINY_REPO}:Q4_K_M", free_space=lambda path: 1_000_000)
     assert err.value.message == (f"not enough disk space for {TINY_REPO}:Q4_K_M: "
-                                 f"{hubmod.fmt_bytes(size)} still to download, 977 KiB free in {cache()}")
+                                 f"{fmt_bytes(size)} still to download, 977 KiB free in {cache()}")
     assert "HF_HUB_CACHE" in err.value.hint
     assert sum(hub.bytes_sent.values()) == 0
 
@@ -566,7 +567,7 @@ def test_progress_reports_speed_and_eta_over_the_last_seconds():
     listing = listing_of([("M-Q4_K_M-00001-of-00002.gguf", 600), ("M-Q4_K_M-00002-of-00002.gguf", 400)])
     now = [100.0]
     events = []
-    meter = hubmod._Meter(listing.candidates[0], events.append, clock=lambda: now[0])
+    meter = _Meter(listing.candidates[0], events.append, clock=lambda: now[0])
     meter.at("check", 1)
     meter.add(200, transferred=False)  # already on disk: counts as done, not as speed
     meter.at("download", 1)

@@ -10,7 +10,7 @@
 huggingface_hub does what it is good at: the Hub's API (listing with sizes and LFS sha256, gated
 repos, revisions, errors), authentication (HF_TOKEN), the endpoint (HF_ENDPOINT) and the cache
 layout (HF_HOME / HF_HUB_CACHE: blobs/ + snapshots/ symlinks + refs/, the layout `llama-server -hf`
-reads too). The byte transfer is moecli.download's, because huggingface_hub cannot resume across
+reads too). The byte transfer is moecli.hub.transfer's, because huggingface_hub cannot resume across
 processes (huggingface/huggingface_hub#4196) and does not check the sha256 of a plain HTTP download.
 
 Nothing here prints: progress goes to callbacks, failures are MoecliError subclasses.
@@ -43,9 +43,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
 from moecli import paths, store
-from moecli.download import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
 from moecli.errors import BadInput, DiskSpaceError, DoesNotFit, DownloadError, HubError, ModelFileError
 from moecli.gguf import split_info
+from moecli.hub.transfer import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
 from moecli.units import fmt_bytes
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
