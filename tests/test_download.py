@@ -12,7 +12,8 @@ from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, Reposit
 
 from moecli.errors import DownloadError
 from moecli.hub import transfer
-from moecli.hub.transfer import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
+from moecli.hub.cache import PARTIAL_SUFFIX
+from moecli.hub.transfer import Digest, TransferOptions, fetch, hash_file
 
 FAST = TransferOptions(backoff=0.0)
 

@@ -41,10 +41,6 @@ from urllib.parse import urlsplit
 from moecli.errors import DiskSpaceError, DownloadError
 from moecli.units import MiB, fmt_bytes
 
-# llama.cpp's downloader (common/download.cpp) keeps its partial file as `<blob>.downloadInProgress`
-# and resumes it with Range requests too; sharing the name lets either tool finish the other's work.
-PARTIAL_SUFFIX = ".downloadInProgress"
-
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # huggingface_hub's _DEFAULT_RETRY_ON_STATUS_CODES
 _DEFAULT_TIMEOUT = 10.0  # huggingface_hub's DEFAULT_DOWNLOAD_TIMEOUT; HF_HUB_DOWNLOAD_TIMEOUT overrides it
 
