@@ -480,7 +480,7 @@ def pull(
                   f"{f' in {len(candidate.files)} files' if len(candidate.files) > 1 else ''}): {choice.reason}")
         remote = hub.remote_gguf(candidate)
         try:
-            facts = gguf.read_model(remote.urls[0], headers=remote.headers, source=candidate.name)
+            facts = gguf.read_model(remote.open(), open_shard=remote.open, source=candidate.name)
             the_plan = planner.plan(facts, machine, planner.Wishes())
             ok, why = models.fits_verdict(the_plan)
             out.print(f"on this machine: {'fits' if ok else 'does not fit'} ({why}); {render.decode_line(the_plan)}")

@@ -87,7 +87,7 @@ def read_facts(located: Located) -> ModelFacts:
     if located.files:
         return gguf.read_model(located.files[0], source=located.name)
     assert located.remote is not None
-    return gguf.read_model(located.remote.urls[0], headers=located.remote.headers,
+    return gguf.read_model(located.remote.open(), open_shard=located.remote.open,
                            source=located.remote_name or located.name)
 
 
@@ -99,7 +99,7 @@ def fits_on(machine: MachineFacts) -> hub.Fits:
     def fits(candidate: hub.Candidate) -> tuple[bool, str]:
         remote = hub.remote_gguf(candidate)
         try:
-            facts = gguf.read_model(remote.urls[0], headers=remote.headers, source=candidate.name)
+            facts = gguf.read_model(remote.open(), open_shard=remote.open, source=candidate.name)
             plan = planner.plan(facts, machine, planner.Wishes(n_ctx=planner.DEFAULT_CTX))
         except DoesNotFit as exc:
             return False, exc.message

@@ -229,7 +229,7 @@ def test_fits_can_read_each_candidates_header_remotely(hub):
 
     def fits(candidate):
         remote = hubmod.remote_gguf(candidate)
-        facts = read_model(remote.urls[0], headers=remote.headers)
+        facts = read_model(remote.open(), open_shard=remote.open)
         seen[candidate.tag] = facts
         return facts.n_bytes < 4_000_000, f"weights {facts.n_bytes} B, {facts.n_expert} experts"
 
