@@ -16,7 +16,7 @@ from huggingface_hub import hf_hub_url
 from moecli.errors import DoesNotFit, HubError
 from moecli.gguf import split_info
 from moecli.hub.env import HubEnv, quiet_hub
-from moecli.hub.errors import hub_errors
+from moecli.hub.errors import RepoRequest, translated
 from moecli.hub.refs import ModelRef
 from moecli.hub.transfer import Digest
 from moecli.units import fmt_bytes
@@ -134,7 +134,7 @@ def list_repo(ref: ModelRef, env: HubEnv | None = None) -> RepoListing:
     if env.offline:
         raise HubError(f"cannot list {ref.repo}: HF_HUB_OFFLINE is set",
                        "unset HF_HUB_OFFLINE, or use a model already pulled (`moecli list`)")
-    with quiet_hub(), hub_errors(ref.repo, ref.revision, env):
+    with quiet_hub(), translated(RepoRequest(env, ref.repo, ref.revision)):
         try:
             info = env.api().model_info(ref.repo, revision=ref.revision, files_metadata=True)
         except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not the Hub's JSON

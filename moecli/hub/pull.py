@@ -30,7 +30,7 @@ from moecli import store
 from moecli.errors import BadInput, DiskSpaceError, DownloadError, HubError, ModelFileError
 from moecli.hub import cache
 from moecli.hub.env import HubEnv, quiet_hub
-from moecli.hub.errors import gated_without_token, hub_errors
+from moecli.hub.errors import RepoRequest, gated_without_token, translated
 from moecli.hub.listing import Candidate, Choice, Fits, HubFile, choose, list_repo
 from moecli.hub.refs import Alias, parse_ref
 from moecli.hub.transfer import Digest, TransferOptions, fetch, hash_file
@@ -175,7 +175,7 @@ def _ensure_file(candidate: Candidate, index: int, f: HubFile, blob: Path, point
         partial = cache.partial_of(blob)
         url = hf_hub_url(candidate.repo, f.path, revision=candidate.commit, endpoint=candidate.endpoint)
         began = time.monotonic()
-        with hub_errors(candidate.repo, candidate.revision, env, f.path):
+        with translated(RepoRequest(env, candidate.repo, candidate.revision, f.path)):
             fetch(url, partial, label=f.path, size=f.size, digest=digest, headers=headers,
                   on_bytes=lambda n: meter.add(n, transferred=True),
                   on_rehash=lambda n: meter.add(n, transferred=False),

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from moecli.errors import ModelFileError
-from moecli.gguf import SourceNotFound
 from moecli.hub.env import HubEnv
+from moecli.hub.errors import FileRequest, raise_for_status, translated
 from moecli.hub.listing import Candidate
 
 
@@ -37,35 +36,25 @@ class RemoteFile:
         self.size: int | None = None
 
     def read(self, offset: int, n: int) -> bytes:
-        import httpx2
         from huggingface_hub import get_session
-        from huggingface_hub.errors import OfflineModeIsEnabled
 
         headers = {**self.headers, "Range": f"bytes={offset}-{offset + n - 1}"}
-        try:
-            with get_session().stream("GET", self.location, headers=headers, follow_redirects=True,
-                                      timeout=self.timeout) as response:
-                status = response.status_code
-                if status == 416:  # the range starts at or past the end of the file
-                    self.size = _total_from_content_range(response.headers.get("content-range")) or self.size
-                    return b""
-                if status >= 400:
-                    raise _http_error(self.location, status, response.reason_phrase)
-                if status == 206:
-                    self.size = _total_from_content_range(response.headers.get("content-range")) or self.size
-                    return _read_at_most(response, n)
-                # 200: the server ignored Range; read the start of the body only
-                length = response.headers.get("content-length")
-                if length and length.isdigit():
-                    self.size = int(length)
-                return _read_at_most(response, offset + n)[offset:]
-        except OfflineModeIsEnabled:
-            raise ModelFileError(f"cannot read {self.location}: offline mode is on (HF_HUB_OFFLINE)",
-                                 "unset HF_HUB_OFFLINE, or plan a local file") from None
-        except httpx2.TransportError as exc:
-            host = urlsplit(self.location).netloc
-            raise ModelFileError(f"cannot reach {host}: {exc or type(exc).__name__}",
-                                 "check the network connection (or HF_ENDPOINT), then try again") from None
+        with translated(FileRequest(self.location)), get_session().stream(
+                "GET", self.location, headers=headers, follow_redirects=True, timeout=self.timeout) as response:
+            status = response.status_code
+            if status == 416:  # the range starts at or past the end of the file
+                self.size = _total_from_content_range(response.headers.get("content-range")) or self.size
+                return b""
+            if status >= 400:
+                raise_for_status(response)
+            if status == 206:
+                self.size = _total_from_content_range(response.headers.get("content-range")) or self.size
+                return _read_at_most(response, n)
+            # 200: the server ignored Range; read the start of the body only
+            length = response.headers.get("content-length")
+            if length and length.isdigit():
+                self.size = int(length)
+            return _read_at_most(response, offset + n)[offset:]
 
 
 def open_url(url: str, headers: Mapping[str, str] | None = None, env: HubEnv | None = None) -> RemoteFile:
@@ -110,13 +99,3 @@ def _total_from_content_range(value: str | None) -> int | None:
         if total.isdigit():
             return int(total)
     return None
-
-
-def _http_error(url: str, status: int, reason: str) -> ModelFileError:
-    if status in (401, 403):
-        return ModelFileError(f"{url}: access denied (HTTP {status})",
-                              "the repository may be gated or private: accept its terms on the Hub and log in "
-                              "(hf auth login) or set HF_TOKEN")
-    if status == 404:
-        return SourceNotFound(f"{url} was not found (HTTP 404)", "check the repository, revision and file name")
-    return ModelFileError(f"{url}: HTTP {status} {reason}".rstrip(), "try again later")

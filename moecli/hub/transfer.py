@@ -39,6 +39,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from moecli.errors import DiskSpaceError, DownloadError
+from moecli.hub.errors import raise_for_status, transport_reason, untrusted_certificate
 from moecli.units import MiB, fmt_bytes
 
 _RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # huggingface_hub's _DEFAULT_RETRY_ON_STATUS_CODES
@@ -146,7 +147,8 @@ def fetch(url: str, path: Path, *, label: str, size: int, digest: Digest, header
     (a server that ignored the range). On return the partial file is complete and verified.
     Raises DownloadError: the partial file is kept when its bytes may be good (a dropped
     connection), removed when they are not (a digest mismatch); either way nothing looks complete.
-    An error answer from the Hub raises huggingface_hub's own error (HfHubHTTPError and kin).
+    An error answer from the Hub raises huggingface_hub's own error (HfHubHTTPError and kin), which
+    moecli.hub.errors translates.
     """
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -188,16 +190,6 @@ class _Retryable(Exception):
     """A dropped, refused or stalled connection, or a 408/429/5xx answer: worth another try."""
 
 
-def _reason(exc: BaseException) -> str:
-    """One line for a network error (urllib wraps the socket's in URLError)."""
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.splitlines()[0][:120]
-
-
 def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: float,
               options: TransferOptions, on_bytes: Callable[[int], None],
               on_restart: Callable[[int], None] | None) -> None:
@@ -212,14 +204,13 @@ def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: 
             if on_restart:
                 on_restart(dropped)
             return
-        _raise_hub_error(exc)
+        raise_for_status(exc)  # huggingface_hub's error class for it: the caller translates it
+        raise DownloadError(f"the server answered {exc.code} for {exc.url}", "pull again later") from exc
     except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
         cause = getattr(exc, "reason", exc)
         if isinstance(cause, ssl.SSLCertVerificationError):  # trying again will not help
-            raise DownloadError(f"the TLS certificate of {urlsplit(url).hostname} (or of where it redirects) is not "
-                                f"trusted: {cause.verify_message}",
-                                "behind a TLS-inspecting proxy, set SSL_CERT_FILE to its CA bundle") from exc
-        raise _Retryable(_reason(exc)) from exc
+            raise untrusted_certificate(url, cause) from exc
+        raise _Retryable(transport_reason(exc)) from exc
 
     with response:
         if response.status == 206:
@@ -247,7 +238,7 @@ def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: 
                 try:
                     chunk = read(min(options.chunk_bytes, partial.size - partial.have))
                 except (OSError, http.client.HTTPException) as exc:
-                    raise _Retryable(_reason(exc)) from exc
+                    raise _Retryable(transport_reason(exc)) from exc
                 if not chunk:
                     raise _Retryable("the server closed the connection early")
                 _write_all(out, chunk)
@@ -298,19 +289,6 @@ def _tls_context():
         return default_ssl_context()
     except ImportError:
         return ssl.create_default_context()
-
-
-def _raise_hub_error(exc: urllib.error.HTTPError):
-    """Let huggingface_hub read an error answer: the same error classes (gated, not found, ...)
-    and messages as for its own requests."""
-    import httpx2
-    from huggingface_hub.utils import hf_raise_for_status
-
-    body = exc.read() if exc.fp is not None else b""
-    response = httpx2.Response(exc.code, headers=list(exc.headers.items()), content=body,
-                               request=httpx2.Request("GET", exc.url))
-    hf_raise_for_status(response)
-    raise DownloadError(f"the server answered {exc.code} for {exc.url}", "pull again later")
 
 
 class _HashThread:
