@@ -502,8 +502,8 @@ def pull(
             progress.update(task, description=f"{label} {p.file_index}/{p.n_files}", completed=p.done, total=p.total)
 
         # the planner's verdict picks the largest quant that fits; a typed :QUANT is taken as is
-        pulled = hub.pull(model, fits=models.fits_on(machine), on_choice=on_choice, on_progress=on_progress,
-                          check_model=lambda paths: gguf.read_model(paths[0]))
+        pulled, _ = models.pull_and_record(model, fits=models.fits_on(machine), on_choice=on_choice,
+                                           on_progress=on_progress, check_model=lambda paths: gguf.read_model(paths[0]))
     got = f"downloaded {fmt_bytes(pulled.downloaded)}"
     if pulled.downloaded and pulled.seconds > 0:
         got += f" in {pulled.seconds:.{1 if pulled.seconds >= 1 else 2}f} s, {fmt_bytes(pulled.downloaded / pulled.seconds)}/s"

@@ -10,6 +10,8 @@ the Hugging Face cache.
 
 with the cache's layout in `cache`, the byte transfer in `transfer`, the environment (HF_ENDPOINT,
 HF_TOKEN, HF_HUB_CACHE, HF_HUB_OFFLINE) in `env` and every failure's one line in `errors`.
+hub imports neither moecli.models nor moecli.store: the caller says whether a name is a local file
+and records what was pulled (moecli.models.pull_and_record).
 """
 
 from moecli.hub.cache import PARTIAL_SUFFIX, storage_folder
@@ -27,13 +29,13 @@ from moecli.hub.listing import (
     list_repo,
     quant_of,
 )
-from moecli.hub.pull import Progress, Pulled, check_gguf, download, pull
+from moecli.hub.pull import CachedFile, Progress, Pulled, check_gguf, download, pull
 from moecli.hub.refs import Alias, ModelRef, load_aliases, parse_ref
 from moecli.hub.remote import RemoteGGUF, remote_gguf
 from moecli.hub.transfer import Digest, TransferOptions
 
 __all__ = [
-    "DEFAULT_ENDPOINT", "PARTIAL_SUFFIX", "Alias", "Candidate", "Choice", "Digest", "Fits", "HubEnv", "HubFile",
+    "DEFAULT_ENDPOINT", "PARTIAL_SUFFIX", "Alias", "CachedFile", "Candidate", "Choice", "Digest", "Fits", "HubEnv", "HubFile",
     "ModelRef", "Progress", "Pulled", "RemoteGGUF", "RepoListing", "TransferOptions", "check_gguf", "choose",
     "download", "gated_without_token", "gguf_candidates", "is_model_file", "list_repo", "load_aliases",
     "parse_ref", "pull", "quant_of", "remote_gguf", "storage_folder",

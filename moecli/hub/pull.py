@@ -1,8 +1,7 @@
 """Verified GGUF files in the Hugging Face cache, from a chosen candidate or from what the user typed.
 
-    download(candidate, on_progress=...) -> Pulled        resumable transfer, sha256, GGUF header,
-                                                          store record
-    pull(text, fits=..., on_choice=..., on_progress=...)  parse, list, choose, download: all of it
+    download(candidate, on_progress=...) -> Pulled        resumable transfer, sha256, GGUF header
+    pull(ref, fits=..., on_choice=..., on_progress=...)   list, choose, download: all of it
 
 huggingface_hub does what it is good at: the Hub's API (listing with sizes and LFS sha256, gated
 repos, revisions, errors), authentication (HF_TOKEN), the endpoint (HF_ENDPOINT) and the cache
@@ -11,7 +10,9 @@ reads too). The byte transfer is moecli.hub.transfer's, because huggingface_hub 
 across processes (huggingface/huggingface_hub#4196) and does not check the sha256 of a plain HTTP
 download.
 
-Nothing here prints: progress goes to callbacks, failures are MoecliError subclasses.
+Nothing here prints: progress goes to callbacks, failures are MoecliError subclasses. Nothing here
+writes moecli's own records either: `on_created` tells the caller of each file before it is made,
+and `Pulled` says what was verified and created (moecli.models.pull_and_record keeps the store).
 """
 
 from __future__ import annotations
@@ -26,13 +27,12 @@ from pathlib import Path
 from huggingface_hub import hf_hub_url
 from huggingface_hub.utils import WeakFileLock
 
-from moecli import store
-from moecli.errors import BadInput, DiskSpaceError, DownloadError, HubError, ModelFileError
+from moecli.errors import DiskSpaceError, DownloadError, ModelFileError
 from moecli.hub import cache
 from moecli.hub.env import HubEnv, quiet_hub
 from moecli.hub.errors import RepoRequest, gated_without_token, translated
 from moecli.hub.listing import Candidate, Choice, Fits, HubFile, choose, list_repo
-from moecli.hub.refs import Alias, parse_ref
+from moecli.hub.refs import ModelRef
 from moecli.hub.transfer import Digest, TransferOptions, fetch, hash_file
 from moecli.units import fmt_bytes
 
@@ -106,14 +106,38 @@ class _Meter:
 
 
 @dataclass(frozen=True)
+class CachedFile:
+    """One verified file of a pulled model in the Hugging Face cache."""
+
+    repo_path: str  # the file's path in the repo
+    size: int
+    digest: str  # the LFS sha256 (or the git blob id of a small non-LFS file)
+    path: Path  # the snapshot path: what llama.cpp, huggingface_hub and moecli open
+    blob: Path  # the bytes in the cache's blobs/
+    verified_mtime_ns: int  # the blob's mtime when its digest was checked
+
+
+@dataclass(frozen=True)
 class Pulled:
-    name: str
     candidate: Candidate
-    paths: tuple[Path, ...]  # snapshot paths, first shard first
+    files: tuple[CachedFile, ...]  # first shard first
     downloaded: int  # bytes transferred by this run
     reused: int  # bytes that were on disk already
-    record: store.StoredModel
+    created: tuple[Path, ...] = ()  # the blobs and snapshot links this run made (they were not there before)
     seconds: float = 0.0  # wall time of the transfers (with the hash of any resumed prefix)
+
+    @property
+    def name(self) -> str:
+        return self.candidate.name
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """The snapshot paths, first shard first."""
+        return tuple(f.path for f in self.files)
+
+
+Created = Callable[[Candidate, Path], None]  # told of each file before it is made in the cache
+Verified = Callable[[Candidate], Mapping[tuple[Path, str], int]]  # (blob, digest) -> mtime when last verified
 
 
 def check_gguf(paths_: Sequence[Path]) -> None:
@@ -159,8 +183,8 @@ def _verify_present(path: Path, f: HubFile, digest: Digest, meter: _Meter, known
 
 
 def _ensure_file(candidate: Candidate, index: int, f: HubFile, blob: Path, pointer: Path, meter: _Meter,
-                 headers: Mapping[str, str], options: TransferOptions,
-                 known_good: Mapping[tuple[Path, str], int], env: HubEnv) -> _Placed:
+                 headers: Mapping[str, str], options: TransferOptions, known_good: Mapping[tuple[Path, str], int],
+                 env: HubEnv, creating: Callable[[Path], None]) -> _Placed:
     digest = f.digest
     known = known_good.get((blob, digest.value))
     if pointer.exists():  # a snapshot file, ours or huggingface_hub's or llama.cpp's: reuse it
@@ -173,6 +197,8 @@ def _ensure_file(candidate: Candidate, index: int, f: HubFile, blob: Path, point
     else:
         meter.at("download", index)
         partial = cache.partial_of(blob)
+        if not partial.exists():  # a new partial file: said before its first byte is written
+            creating(partial)
         url = hf_hub_url(candidate.repo, f.path, revision=candidate.commit, endpoint=candidate.endpoint)
         began = time.monotonic()
         with translated(RepoRequest(env, candidate.repo, candidate.revision, f.path)):
@@ -184,34 +210,39 @@ def _ensure_file(candidate: Candidate, index: int, f: HubFile, blob: Path, point
         if blob.exists():  # placed meanwhile by a tool that takes no lock: keep that one
             partial.unlink()
         else:
+            creating(blob)  # before it exists: a pull that stops later has still told who made it
             os.replace(partial, blob)
-            store.note_created(candidate.name, [blob])  # at once: a pull that stops later still owns it
             created_blob = True
         mtime = blob.stat().st_mtime_ns
     if os.path.lexists(pointer):  # a dangling link (its blob was deleted): not a file worth keeping
         pointer.unlink()
+    creating(pointer)
     cache.link(blob, pointer)
-    store.note_created(candidate.name, [pointer])
     return _Placed(created_blob, True, mtime)
 
 
 def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | None = None,
+             on_created: Created | None = None, verified: Verified | None = None,
              free_space: Callable[[Path], int] = cache.free_space,
              check_model: Callable[[tuple[Path, ...]], object] | None = None,
              options: TransferOptions = TransferOptions(),
              lock_timeout: float = 10.0, env: HubEnv | None = None) -> Pulled:
-    """Fetch what is missing of `candidate` into the Hugging Face cache, verify every file
+    """Fetch what is missing of `candidate` into the Hugging Face cache and verify every file
     (sha256 against the Hub's LFS metadata, then the GGUF header, then `check_model(paths)` if
-    given) and record it in the store. Files already in the cache are checked and reused, never
-    overwritten; partial files of an interrupted pull are resumed. `free_space(folder)` is the
-    free-disk probe (injectable to test a small disk)."""
+    given). Files already in the cache are checked and reused, never overwritten; partial files
+    of an interrupted pull are resumed.
+
+    on_created(candidate, path): told before each file this run makes in the cache (a partial
+    file before its first byte, a blob before the finished partial becomes it, a snapshot link),
+    so that the caller can record that moecli made it before it exists.
+    verified(candidate): (blob, digest) -> the blob's mtime when the caller last saw it verified;
+    a blob found with that mtime is not hashed again.
+    free_space(folder): the free-disk probe (injectable to test a small disk)."""
     from filelock import Timeout
 
     env = env or HubEnv.from_environ()
     repo = cache.RepoCache.of(env, candidate.repo)
-    previous = store.find(candidate.repo, candidate.tag)
-    known_good = {(f.blob, f.digest): f.verified_mtime_ns for f in previous.files} if previous else {}
-    created: list[Path] = list(previous.created) if previous else []
+    known_good = verified(candidate) if verified else {}
     targets = [(f, repo.blob(f.digest.value), repo.pointer(candidate.commit, f.path)) for f in candidate.files]
 
     missing = 0
@@ -228,9 +259,14 @@ def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | 
                                  f"{fmt_bytes(free)} free in {env.cache_dir}",
                                  "free some space, or point HF_HUB_CACHE at a disk with room")
 
+    def creating(path: Path) -> None:
+        if on_created is not None:
+            on_created(candidate, path)
+
     meter = _Meter(candidate, on_progress)
     headers = env.headers()
-    files: list[store.StoredFile] = []
+    files: list[CachedFile] = []
+    created: list[Path] = []
     with quiet_hub():
         repo.write_ref(candidate.revision, candidate.commit)
         for index, (f, blob, pointer) in enumerate(targets, start=1):
@@ -238,12 +274,13 @@ def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | 
             lock.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with WeakFileLock(lock, timeout=lock_timeout):
-                    placed = _ensure_file(candidate, index, f, blob, pointer, meter, headers, options, known_good, env)
+                    placed = _ensure_file(candidate, index, f, blob, pointer, meter, headers, options, known_good,
+                                          env, creating)
             except Timeout:
                 raise DownloadError(f"another process is downloading {f.path} (it holds {lock})",
                                     "let it finish, then pull again") from None
             created += [p for p, made in ((blob, placed.created_blob), (pointer, placed.created_link)) if made]
-            files.append(store.StoredFile(f.path, f.size, f.digest.value, pointer, blob, placed.verified_mtime_ns))
+            files.append(CachedFile(f.path, f.size, f.digest.value, pointer, blob, placed.verified_mtime_ns))
         meter.stage = "done"
         meter.emit(force=True)
 
@@ -251,47 +288,24 @@ def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | 
     check_gguf(final_paths)
     if check_model is not None:
         check_model(final_paths)
-    record = store.add(store.StoredModel(
-        name=candidate.name, repo=candidate.repo, tag=candidate.tag, quant=candidate.quant,
-        revision=candidate.revision, commit=candidate.commit, files=tuple(files), pulled_at=store.now(),
-        created=tuple(dict.fromkeys(created))))
-    return Pulled(candidate.name, candidate, final_paths, meter.downloaded,
-                  max(candidate.size - meter.downloaded, 0), record, meter.transfer_seconds)
+    return Pulled(candidate, tuple(files), meter.downloaded, max(candidate.size - meter.downloaded, 0),
+                  tuple(created), meter.transfer_seconds)
 
 
 # -- the whole of `moecli pull` ------------------------------------------------------------------
-def _from_record(record: store.StoredModel, env: HubEnv) -> Candidate:
-    files = tuple(HubFile(f.repo_path, f.size, f.digest if len(f.digest) == 64 else None,
-                          f.digest if len(f.digest) == 40 else None) for f in record.files)
-    return Candidate(record.repo, record.revision, record.commit, env.endpoint, record.tag, record.quant, files)
-
-
-def pull(text: str, *, fits: Fits | None = None, on_choice: Callable[[Choice], None] | None = None,
-         on_progress: Callable[[Progress], None] | None = None, free_space: Callable[[Path], int] = cache.free_space,
+def pull(ref: ModelRef, *, fits: Fits | None = None, on_choice: Callable[[Choice], None] | None = None,
+         on_progress: Callable[[Progress], None] | None = None, on_created: Created | None = None,
+         verified: Verified | None = None, free_space: Callable[[Path], int] = cache.free_space,
          check_model: Callable[[tuple[Path, ...]], object] | None = None,
-         options: TransferOptions = TransferOptions(),
-         aliases: Mapping[str, Alias] | None = None) -> Pulled:
-    """`moecli pull TEXT`: resolve, choose (telling `on_choice` why), download and verify."""
-    from moecli.models import looks_like_path  # models imports this module lazily: no cycle
-
-    if looks_like_path(text):
-        raise BadInput(f"{text} is a local file: there is nothing to pull", f"use it directly: moecli run {text}")
-    env = HubEnv.from_environ()
-    ref = parse_ref(text, aliases)
-    if env.offline:
-        record = store.find(ref.repo, ref.quant or (ref.alias.quant if ref.alias else None))
-        if record is None or not record.present:
-            raise HubError(f"{ref.text} is not pulled and HF_HUB_OFFLINE is set",
-                           "unset HF_HUB_OFFLINE to download it")
-        candidate = _from_record(record, env)
-        if on_choice:
-            on_choice(Choice(candidate, "already pulled (offline)"))
-        return Pulled(record.name, candidate, record.paths, 0, record.size, record)
+         options: TransferOptions = TransferOptions(), env: HubEnv | None = None) -> Pulled:
+    """`moecli pull REF`: list the repo, choose (telling `on_choice` why), download and verify
+    (the hooks as for `download`). Whether a name is a Hub model at all is the caller's to say."""
+    env = env or HubEnv.from_environ()
     listing = list_repo(ref, env)
     if listing.gated and not env.token:  # its files answer 401: say so before reading any header
         raise gated_without_token(ref.repo, env)
     choice = choose(listing, ref, fits)
     if on_choice:
         on_choice(choice)
-    return download(choice.candidate, on_progress=on_progress, free_space=free_space, check_model=check_model,
-                    options=options, env=env)
+    return download(choice.candidate, on_progress=on_progress, on_created=on_created, verified=verified,
+                    free_space=free_space, check_model=check_model, options=options, env=env)
