@@ -9,7 +9,7 @@ huggingface_hub lists, authenticates and lays out the cache; the body itself is 
 standard library (`urllib.request` -> `http.client`), where a read is one `recv` straight from the
 socket (or, over TLS, one chunk assembled in C), while huggingface_hub's httpx2 copies every chunk
 three times inside h11. On the 2-core dev machine that was the difference between 0.71x and 1.11x
-curl's throughput from a local server (`python tests/hubserver.py`, a benchmark, not a test, with
+curl's throughput from a local server (`python scripts/bench_pull.py`, a benchmark, not a test, with
 `--tls`, `--rate-mib` and `--gguf FILE` to time a whole `moecli pull`). What the Hub's own client
 would do is kept: proxies from the environment, its TLS trust store, its headers, redirects
 followed with the token sent only to the origin that was asked (the Hub's CDN is another origin),
@@ -71,7 +71,7 @@ class TransferOptions:
     timeout: float | None = None  # seconds without a byte; None: HF_HUB_DOWNLOAD_TIMEOUT or 10
     # Bytes per read: each chunk is received, written and hashed while it is still in cache. 1 GiB
     # from a local server on the 2-core dev machine (1 MiB L2 per core), medians of 5 against curl
-    # (`python tests/hubserver.py --runs 5 --chunk-kib N`): 64 KiB 0.71x (Python's cost per read),
+    # (`python scripts/bench_pull.py --runs 5 --chunk-kib N`): 64 KiB 0.71x (Python's cost per read),
     # 256 KiB 1.02x, 1 MiB 0.92x (each chunk read back from memory).
     chunk_bytes: int = 256 * 1024
     chunks_in_flight: int = 16  # written, waiting for the hash thread: 4 MiB, within the shared L3
