@@ -35,8 +35,9 @@ SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit counts and llama.cpp no longer rea
 DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
 
 # Reads of a source: the first fetches FIRST_CHUNK, each further one twice the last, up to
-# MAX_CHUNK (for a remote source, each read is one HTTP request). A header of ~10 MB (a 248K-token vocabulary) costs 6 requests and at most MAX_CHUNK
-# bytes more than the header itself.
+# MAX_CHUNK (for a remote source, each read is one HTTP request). A header of ~10 MB (a 248K-token
+# vocabulary) costs 6 requests and at most MAX_CHUNK bytes more than the header itself
+# (tests/test_gguf.py, test_remote_read_fetches_about_the_header_and_equals_local).
 FIRST_CHUNK = 256 * KiB
 MAX_CHUNK = 4 * MiB
 

@@ -42,8 +42,8 @@ from moecli.errors import DiskSpaceError, DownloadError
 from moecli.hub.errors import raise_for_status, transport_reason, untrusted_certificate
 from moecli.units import MiB, fmt_bytes
 
-_RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # huggingface_hub's _DEFAULT_RETRY_ON_STATUS_CODES
-_DEFAULT_TIMEOUT = 10.0  # huggingface_hub's DEFAULT_DOWNLOAD_TIMEOUT; HF_HUB_DOWNLOAD_TIMEOUT overrides it
+_RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # huggingface_hub's _DEFAULT_RETRY_ON_STATUS_CODES (utils/_http.py)
+_DEFAULT_TIMEOUT = 10.0  # huggingface_hub's DEFAULT_DOWNLOAD_TIMEOUT (constants.py); HF_HUB_DOWNLOAD_TIMEOUT overrides it
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Digest:
 
 @dataclass(frozen=True)
 class TransferOptions:
+    # huggingface_hub's http_backoff (utils/_http.py): 5 retries, waits from 1 s doubling to at most 8 s
     retries: int = 5  # attempts in a row that bring no new byte before giving up
     backoff: float = 1.0  # seconds before the first retry, doubled each time, at most 8
     timeout: float | None = None  # seconds without a byte; None: HF_HUB_DOWNLOAD_TIMEOUT or 10
@@ -226,10 +227,11 @@ def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: 
                                 f"at {partial.size}", "pull again; if it persists, the repo changed while pulling")
 
         # Over plain TCP read1 is one recv of what the socket holds. Over TLS it returns one record
-        # (at most 16 KiB): too many trips through Python, so read() assembles the chunk in C. Each
-        # is the faster of the two where it is used (1 GiB from a local server, the two swapped on
-        # this line, medians of 5 and 3: plain 867 against 684 MiB/s, TLS 284 against 105; curl 950
-        # and 415). A stall or a kill loses at most the chunk being read: its bytes are fetched again.
+        # (at most 16 KiB, RFC 8446 5.1): too many trips through Python, so read() assembles the chunk
+        # in C. Each is the faster of the two where it is used (1 GiB from a local server, the two
+        # swapped on this line, `scripts/bench_pull.py --runs 5` and `--tls --runs 3`: plain 867
+        # against 684 MiB/s, TLS 284 against 105; curl 950 and 415). A stall or a kill loses at most
+        # the chunk being read: its bytes are fetched again.
         read = response.read if urlsplit(response.url).scheme == "https" else response.read1
         # Each chunk is appended and hashed as it arrives: what a broken connection, Ctrl-C or a
         # kill leaves is a valid prefix, and the next attempt (or the next run) continues after it.
