@@ -1,8 +1,8 @@
 """Model facts from GGUF headers, local or remote, without reading tensor data.
 
 A small streaming parser of GGUF v2/v3 (the layout llama.cpp's ggml/src/gguf.cpp reads) over a byte
-source: a local file, or an http(s) URL read by range requests, so a 20 GB model can be planned
-from the few MB of its header. `gguf.GGUFReader` memory-maps the whole file and parses every array
+source: a local file, or any `ByteSource` (moecli.hub.remote reads the Hub's files by range
+requests), so a 20 GB model can be planned from the few MB of its header. `gguf.GGUFReader` memory-maps the whole file and parses every array
 eagerly; here the tokenizer arrays are skipped (their lengths kept), and every count and length is
 checked against the bytes that can follow, so a damaged header fails with a `ModelFileError`
 instead of hanging or allocating gigabytes.
@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
@@ -34,9 +34,10 @@ GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # v1 used 32-bit counts and llama.cpp no longer reads it
 DEFAULT_ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT
 
-# Remote reads: the first request fetches FIRST_CHUNK, each further one twice the last, up to
-# MAX_CHUNK. A header of ~10 MB (a 248K-token vocabulary) costs 6 requests and at most MAX_CHUNK
-# bytes more than the header itself.
+# Reads of a source: the first fetches FIRST_CHUNK, each further one twice the last, up to
+# MAX_CHUNK (for a remote source, each read is one HTTP request). A header of ~10 MB (a 248K-token
+# vocabulary) costs 6 requests and at most MAX_CHUNK bytes more than the header itself
+# (tests/test_gguf.py, test_remote_read_fetches_about_the_header_and_equals_local).
 FIRST_CHUNK = 256 * KiB
 MAX_CHUNK = 4 * MiB
 
@@ -63,13 +64,39 @@ _SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gg
 # byte sources
 
 
+@runtime_checkable
+class ByteSource(Protocol):
+    """Where a GGUF file's bytes come from: a local file (here), or any other reader, such as the
+    Hub's files read by range requests (moecli.hub.remote).
+
+    `read(offset, n)` returns the bytes at [offset, offset + n): fewer only where the file ends,
+    none past its end. It raises SourceNotFound when there is no file at `location`, and another
+    ModelFileError for any other failure. `size` is the file's size, None while it is not known
+    (a remote file's size comes with the answer to its first read)."""
+
+    location: str  # where the file is: kept in ModelFacts.shards; a split model's shards are named from it
+    name: str  # the file's name, for messages
+
+    @property
+    def size(self) -> int | None: ...
+
+    def read(self, offset: int, n: int) -> bytes: ...
+
+
+class SourceNotFound(ModelFileError):
+    """There is no file where a byte source looked: for a shard, the message names the missing shard."""
+
+
+OpenShard = Callable[[str], ByteSource]  # a shard's location -> its bytes
+
+
 class _LocalFile:
     def __init__(self, path: str) -> None:
         self.location = path
         self.name = os.path.basename(path) or path
         p = Path(path)
         if not p.exists():
-            raise ModelFileError(f"{path} does not exist",
+            raise SourceNotFound(f"{path} does not exist",
                                  "check the path, or pull the model first: moecli pull REPO:QUANT")
         if p.is_dir():
             raise ModelFileError(f"{path} is a directory, not a GGUF file", "name the .gguf file inside it")
@@ -78,123 +105,17 @@ class _LocalFile:
         except OSError as exc:
             raise ModelFileError(f"cannot open {path}: {exc.strerror}", "check its permissions") from None
         self.size: int | None = os.fstat(self._file.fileno()).st_size
-        self.bytes_fetched = 0
-        self.requests = 0
 
     def read(self, offset: int, n: int) -> bytes:
         self._file.seek(offset)
-        data = self._file.read(n)
-        self.bytes_fetched += len(data)
-        self.requests += 1
-        return data
+        return self._file.read(n)
 
     def close(self) -> None:
         self._file.close()
 
 
-class _RemoteFile:
-    """An http(s) URL read by `Range` requests through huggingface_hub's client (httpx2), which
-    follows redirects (the Hub sends file downloads to a CDN)."""
-
-    def __init__(self, url: str, headers: Mapping[str, str] | None) -> None:
-        from huggingface_hub import constants
-
-        self.location = url
-        self.name = os.path.basename(urlsplit(url).path) or url
-        if headers is None:  # the Hub's own auth, never sent to another host
-            headers = _hub_headers(url)
-        # identity: byte offsets must be those of the file, not of a compressed stream
-        self.headers = {**headers, "Accept-Encoding": "identity"}
-        self.timeout = float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
-        self.size: int | None = None
-        self.bytes_fetched = 0
-        self.requests = 0
-
-    def read(self, offset: int, n: int) -> bytes:
-        import httpx2
-        from huggingface_hub import get_session
-        from huggingface_hub.errors import OfflineModeIsEnabled
-
-        headers = {**self.headers, "Range": f"bytes={offset}-{offset + n - 1}"}
-        self.requests += 1
-        try:
-            with get_session().stream("GET", self.location, headers=headers, follow_redirects=True,
-                                      timeout=self.timeout) as response:
-                status = response.status_code
-                if status == 416:  # the range starts at or past the end of the file
-                    self.size = _total_from_content_range(response.headers.get("content-range")) or self.size
-                    return b""
-                if status >= 400:
-                    raise _http_error(self.location, status, response.reason_phrase)
-                if status == 206:
-                    self.size = _total_from_content_range(response.headers.get("content-range")) or self.size
-                    data = _read_at_most(response, n)
-                else:  # 200: the server ignored Range; read the start of the body only
-                    length = response.headers.get("content-length")
-                    if length and length.isdigit():
-                        self.size = int(length)
-                    data = _read_at_most(response, offset + n)[offset:]
-        except OfflineModeIsEnabled:
-            raise ModelFileError(f"cannot read {self.location}: offline mode is on (HF_HUB_OFFLINE)",
-                                 "unset HF_HUB_OFFLINE, or plan a local file") from None
-        except httpx2.TransportError as exc:
-            host = urlsplit(self.location).netloc
-            raise ModelFileError(f"cannot reach {host}: {exc or type(exc).__name__}",
-                                 "check the network connection (or HF_ENDPOINT), then try again") from None
-        self.bytes_fetched += len(data)
-        return data
-
-    def close(self) -> None:
-        pass  # the shared client stays open (huggingface_hub owns it)
-
-
-def _hub_headers(url: str) -> dict[str, str]:
-    from huggingface_hub import constants
-    from huggingface_hub.utils import build_hf_headers
-
-    if urlsplit(url).netloc != urlsplit(constants.ENDPOINT).netloc:
-        return {}
-    return build_hf_headers()
-
-
-def _read_at_most(response: Any, n: int) -> bytes:
-    out = bytearray()
-    for chunk in response.iter_bytes():
-        out += chunk
-        if len(out) >= n:
-            break
-    return bytes(out[:n])
-
-
-def _total_from_content_range(value: str | None) -> int | None:
-    """`bytes 0-262143/21474836480` or `bytes */21474836480` -> 21474836480."""
-    if value and "/" in value:
-        total = value.rsplit("/", 1)[1].strip()
-        if total.isdigit():
-            return int(total)
-    return None
-
-
-class _NotFound(ModelFileError):
-    """HTTP 404: for a shard, the message names the missing shard instead."""
-
-
-def _http_error(url: str, status: int, reason: str) -> ModelFileError:
-    if status in (401, 403):
-        return ModelFileError(f"{url}: access denied (HTTP {status})",
-                              "the repository may be gated or private: accept its terms on the Hub and log in "
-                              "(hf auth login) or set HF_TOKEN")
-    if status == 404:
-        return _NotFound(f"{url} was not found (HTTP 404)", "check the repository, revision and file name")
-    return ModelFileError(f"{url}: HTTP {status} {reason}".rstrip(), "try again later")
-
-
 def _is_url(location: str) -> bool:
     return location.startswith(("http://", "https://"))
-
-
-def _open(location: str, headers: Mapping[str, str] | None) -> _LocalFile | _RemoteFile:
-    return _RemoteFile(location, headers) if _is_url(location) else _LocalFile(location)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,12 +135,14 @@ class _Cursor:
     """Reads forward through a source, fetching chunks that double in size; skipped regions are
     not fetched at all when they lie past the current window."""
 
-    def __init__(self, source: _LocalFile | _RemoteFile) -> None:
+    def __init__(self, source: ByteSource) -> None:
         self.source = source
         self.buf = b""
         self.buf_start = 0  # file offset of buf[0]
         self.pos = 0
         self.chunk = FIRST_CHUNK
+        self.bytes_fetched = 0
+        self.requests = 0  # reads of the source (HTTP requests for a remote one)
 
     @property
     def limit(self) -> int:
@@ -247,6 +170,8 @@ class _Cursor:
         want = min(max(end - start, self.chunk), self.limit - start)
         self.chunk = min(self.chunk * 2, MAX_CHUNK)
         data = self.source.read(start, want)
+        self.requests += 1
+        self.bytes_fetched += len(data)
         self.buf = keep + data
         self.buf_start = self.pos
         if len(self.buf) < n:  # the file ended first
@@ -355,14 +280,16 @@ class GgufHeader:
     tensors: tuple[RawTensor, ...]
     data_offset: int  # where tensor data starts: the header's size with its alignment padding
     expected_size: int  # data_offset + the end of the last tensor
-    file_size: int | None  # None for a remote file whose size the server did not say
+    file_size: int | None  # None for a source that does not know (a server that did not say)
     bytes_fetched: int  # bytes read from the source to parse this header
-    requests: int  # reads (HTTP requests for a URL)
+    requests: int  # reads of the source (HTTP requests for a remote file)
 
 
-def read_header(location: str | os.PathLike[str], *, headers: Mapping[str, str] | None = None) -> GgufHeader:
-    """Parse the header of one GGUF file (a path or an http(s) URL) without reading tensor data."""
-    source = _open(os.fspath(location), headers)
+def read_header(where: str | os.PathLike[str] | ByteSource) -> GgufHeader:
+    """Parse the header of one GGUF file (a path, or a byte source) without reading tensor data."""
+    if isinstance(where, ByteSource):
+        return _parse(where)
+    source = _LocalFile(os.fspath(where))
     try:
         return _parse(source)
     finally:
@@ -374,7 +301,7 @@ def _bad_header(name: str, detail: str) -> ModelFileError:
                           "the file is damaged: download it again")
 
 
-def _parse(source: _LocalFile | _RemoteFile) -> GgufHeader:
+def _parse(source: ByteSource) -> GgufHeader:
     cur = _Cursor(source)
     name = source.name
     try:
@@ -391,7 +318,7 @@ def _parse(source: _LocalFile | _RemoteFile) -> GgufHeader:
         raise _bad_header(name, str(exc)) from None
 
 
-def _parse_header(cur: _Cursor, source: _LocalFile | _RemoteFile) -> GgufHeader:
+def _parse_header(cur: _Cursor, source: ByteSource) -> GgufHeader:
     name = source.name
     magic = cur.take(4)
     if magic != GGUF_MAGIC:
@@ -463,7 +390,7 @@ def _parse_header(cur: _Cursor, source: _LocalFile | _RemoteFile) -> GgufHeader:
         location=source.location, name=name, version=version, metadata=metadata,
         array_lengths=array_lengths, tensors=tuple(tensors), data_offset=data_offset,
         expected_size=expected_size, file_size=source.size,
-        bytes_fetched=source.bytes_fetched, requests=source.requests,
+        bytes_fetched=cur.bytes_fetched, requests=cur.requests,
     )
 
 
@@ -604,18 +531,16 @@ def _split_count(header: GgufHeader) -> int:
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 1 else 1
 
 
-def _read_shard(loc: str, index: int, count: int, headers: Mapping[str, str] | None) -> GgufHeader:
-    missing = ModelFileError(f"shard {index + 1} of {count} is missing: {loc}",
-                             f"download all {count} files of the model into one folder (moecli pull fetches them all)")
-    if not _is_url(loc) and not os.path.exists(loc):
-        raise missing
+def _read_shard(loc: str, index: int, count: int, open_shard: OpenShard | None) -> GgufHeader:
     try:
-        return read_header(loc, headers=headers)
-    except _NotFound:
-        raise missing from None
+        return read_header(open_shard(loc) if open_shard else loc)
+    except SourceNotFound:
+        raise ModelFileError(f"shard {index + 1} of {count} is missing: {loc}",
+                             f"download all {count} files of the model into one folder (moecli pull fetches them all)"
+                             ) from None
 
 
-def _read_shards(location: str, given: GgufHeader, headers: Mapping[str, str] | None) -> list[GgufHeader]:
+def _read_shards(location: str, given: GgufHeader, open_shard: OpenShard | None) -> list[GgufHeader]:
     """Every header of the model: [given] for a single file; all N for a split one, in order,
     whichever shard was named."""
     count = _split_count(given)
@@ -627,7 +552,7 @@ def _read_shards(location: str, given: GgufHeader, headers: Mapping[str, str] | 
                              "keep the shard names llama.cpp's gguf-split gave them")
     out = []
     for i, loc in enumerate(shard_locations(location, count)):
-        header = given if _base_name(loc) == given.name else _read_shard(loc, i, count, headers)
+        header = given if _base_name(loc) == given.name else _read_shard(loc, i, count, open_shard)
         no = header.metadata.get("split.no", i)
         if no != i or _split_count(header) != count:
             raise ModelFileError(f"{header.name} says it is shard {no + 1 if isinstance(no, int) else no} of "
@@ -688,16 +613,22 @@ def _check_is_model(header: GgufHeader) -> str:
     return arch
 
 
-def read_model(location: str | os.PathLike[str], *, headers: Mapping[str, str] | None = None,
+def read_model(where: str | os.PathLike[str] | ByteSource, *, open_shard: OpenShard | None = None,
                source: str | None = None) -> ModelFacts:
-    """Read a model's GGUF header(s) — a local path or an http(s) URL, a single file or any shard
+    """Read a model's GGUF header(s) — a local path or a byte source, a single file or any shard
     of a split one — into ModelFacts, without reading tensor data.
 
-    headers: sent with every HTTP request (auth); by default the Hub's own (`build_hf_headers`)
-    for URLs on the Hub endpoint and none elsewhere. source: what the user named, kept in facts.
+    open_shard: how to read another shard of a split model, given its location (named from
+    `where`'s location as llama.cpp names shards); local files by default, and required when
+    `where` is a byte source. source: what the user named, kept in facts.
     """
-    loc = os.fspath(location)
-    shards = _read_shards(loc, read_header(loc, headers=headers), headers)
+    if isinstance(where, ByteSource):
+        if open_shard is None:  # the shards of a split model would be looked for as local files
+            raise TypeError("read_model of a byte source needs open_shard")
+        loc = where.location
+    else:
+        loc = os.fspath(where)
+    shards = _read_shards(loc, read_header(where), open_shard)
     for header in shards:
         _check_complete(header)
     head = shards[0]

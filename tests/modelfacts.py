@@ -1,10 +1,11 @@
 """Hand-built ModelFacts for the planner's tests: no GGUF file, no parser, no other helper's code.
 
 `qwen36_35b_a3b()` follows llama.cpp's own loader for arch `qwen35moe` (src/models/qwen35moe.cpp:
-tensor names and shapes; src/llama-quant.cpp: which tensor gets which type at Q4_K_M) for the shapes
-in /work/shared/facts/qwen36-35b-a3b.md. Its file comes to 19.70 GiB, the size of the team's
-synthetic Q4_K_M-like file in facts/gpu-build.md, and one expert layer is 432 or 498 MiB (ffn_down
-at Q6_K on "use_more_bits" layers), as measured there.
+tensor names and shapes; src/llama-quant.cpp: which tensor gets which type at Q4_K_M) for the
+hyperparameters in the config.json of Qwen/Qwen3.6-35B-A3B on the Hugging Face Hub. Its tensors
+come to 19.70 GiB, as in the file `scripts/make_model.py --preset qwen3.6-35b-a3b --quant Q4_K_M`
+writes, and one expert layer is 432 MiB (3 x 144 MiB at Q4_K) or 498 MiB (ffn_down at Q6_K, 210 MiB,
+on llama-quant's "use_more_bits" layers).
 
 `moe_model()` / `dense_model()` build smaller models of any shape for property tests.
 """

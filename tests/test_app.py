@@ -98,7 +98,7 @@ def test_pull_without_a_quant_reads_each_header_once(hub, monkeypatch):
     real = gguf.read_model
 
     def counting(location, *args, **kwargs):
-        reads.append(str(location))
+        reads.append(str(getattr(location, "location", location)))  # a path or a byte source
         return real(location, *args, **kwargs)
 
     monkeypatch.setattr(gguf, "read_model", counting)

@@ -1,4 +1,4 @@
-"""moecli.download.fetch: the resumable, hashed transfer of one file, against tests/hubserver.py."""
+"""moecli.hub.transfer.fetch: the resumable, hashed transfer of one file, against tests/hubserver.py."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 from hubserver import GATED_REPO, GRANTED_TOKEN, LOCALHOST_TLS, SHARDS, TINY_REPO, HubServer, git_blob_id
 from huggingface_hub.errors import GatedRepoError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-from moecli import download
-from moecli.download import PARTIAL_SUFFIX, Digest, TransferOptions, fetch, hash_file
 from moecli.errors import DownloadError
+from moecli.hub import transfer
+from moecli.hub.cache import PARTIAL_SUFFIX
+from moecli.hub.transfer import Digest, TransferOptions, fetch, hash_file
 
 FAST = TransferOptions(backoff=0.0)
 
@@ -185,11 +186,11 @@ def test_a_stalled_connection_times_out_and_resumes(hub, tmp_path):
 @pytest.fixture
 def tls_hub(tiny_files):
     """The Hub and its CDN over https, with a certificate no trust store knows unless told."""
-    download._tls_context.cache_clear()
+    transfer._tls_context.cache_clear()
     with HubServer(tls=LOCALHOST_TLS) as hub:
         hub.add_repo(TINY_REPO, {SHARDS[0]: tiny_files[SHARDS[0]]})
         yield hub
-    download._tls_context.cache_clear()
+    transfer._tls_context.cache_clear()
 
 
 def test_https_is_verified_against_the_trust_store(tls_hub, tmp_path, monkeypatch):
@@ -198,7 +199,7 @@ def test_https_is_verified_against_the_trust_store(tls_hub, tmp_path, monkeypatc
     assert re.fullmatch(r"the TLS certificate of 127\.0\.0\.1 \(or of where it redirects\) is not trusted: "
                         r"self.signed certificate", err.value.message) and "SSL_CERT_FILE" in err.value.hint
     assert len(tls_hub.requests) <= 1  # not tried again (the server logs a failed handshake at most)
-    download._tls_context.cache_clear()
+    transfer._tls_context.cache_clear()
     monkeypatch.setenv("SSL_CERT_FILE", str(LOCALHOST_TLS))  # what httpx (and so huggingface_hub) trusts too
     run(tls_hub, SHARDS[0], tmp_path / "p")
     assert (tmp_path / "p").read_bytes() == target(tls_hub, SHARDS[0]).read_all()

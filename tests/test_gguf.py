@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from moecli.errors import ModelFileError
 from moecli.facts import Role
-from moecli.gguf import FIRST_CHUNK, MAX_CHUNK, classify, read_header, read_model, shard_locations
+from moecli.gguf import FIRST_CHUNK, MAX_CHUNK, SourceNotFound, classify, read_header, read_model, shard_locations
+from moecli.hub.remote import open_url
 from moecli.synth import TensorSpec, write_gguf, write_split_gguf
 from moecli.units import fmt_bytes
 
@@ -199,6 +200,40 @@ def test_renamed_shard_cannot_find_its_siblings(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# any byte source
+
+
+class _InMemory:
+    """A gguf.ByteSource over bytes held in memory, its size known only after the first read."""
+
+    def __init__(self, location: str, data: bytes | None) -> None:
+        self.location, self.name, self.data, self.size = location, location.rsplit("/", 1)[-1], data, None
+
+    def read(self, offset: int, n: int) -> bytes:
+        if self.data is None:
+            raise SourceNotFound(f"{self.location} is not here", "")
+        self.size = len(self.data)
+        return self.data[offset:offset + n]
+
+
+def test_any_byte_source_reads_like_the_file(split_model):
+    paths, _ = split_model
+    held = {f"mem://m/{p.name}": p.read_bytes() for p in paths}
+
+    def open_shard(location: str) -> _InMemory:
+        return _InMemory(location, held.get(location))
+
+    facts = read_model(open_shard(f"mem://m/{paths[1].name}"), open_shard=open_shard, source="mem")
+    assert _facts_without_locations(facts) == _facts_without_locations(read_model(paths[1], source="mem"))
+    assert [s.location for s in facts.shards] == list(held)
+    del held[f"mem://m/{paths[2].name}"]
+    with pytest.raises(ModelFileError, match=r"shard 3 of 3 is missing: mem://m/"):
+        read_model(open_shard(f"mem://m/{paths[0].name}"), open_shard=open_shard)
+    with pytest.raises(TypeError, match="open_shard"):  # its shards are not local files
+        read_model(open_shard(f"mem://m/{paths[0].name}"))
+
+
+# ---------------------------------------------------------------------------------------------
 # remote files, through a real HTTP server on 127.0.0.1
 
 
@@ -296,9 +331,14 @@ def server(tmp_path_factory, qwen36, split_model):
     srv.server_close()
 
 
+def read_remote(url: str, headers: dict[str, str] | None = None):
+    """read_model of a URL through the Hub's range reader (moecli.hub.remote), every shard alike."""
+    return read_model(open_url(url, headers), open_shard=lambda shard: open_url(shard, headers))
+
+
 def test_remote_read_fetches_about_the_header_and_equals_local(server, qwen36):
     server.reset()
-    remote = read_model(server.url("files", "qwen36.gguf"))
+    remote = read_remote(server.url("files", "qwen36.gguf"))
     local = read_model(qwen36)
     assert _facts_without_locations(remote) == _facts_without_locations(local)
     assert remote.metadata == local.metadata
@@ -310,34 +350,34 @@ def test_remote_read_fetches_about_the_header_and_equals_local(server, qwen36):
 
 def test_remote_small_header_costs_one_request(server):
     server.reset()
-    facts = read_model(server.url("files", "tiny.gguf"))
+    facts = read_remote(server.url("files", "tiny.gguf"))
     assert facts.name == "tiny-moe"
     assert len(server.requests) == 1 and server.bytes_sent <= FIRST_CHUNK
 
 
 def test_redirects_are_followed(server, tiny):
     server.reset()
-    facts = read_model(server.url("redirect", "tiny.gguf"))
+    facts = read_remote(server.url("redirect", "tiny.gguf"))
     assert _facts_without_locations(facts) == _facts_without_locations(read_model(tiny))
     assert server.requests[0].startswith("/redirect/") and server.requests[1].startswith("/files/")
 
 
 def test_auth_headers_are_sent(server):
-    facts = read_model(server.url("private", "tiny.gguf"), headers={"Authorization": "Bearer s3cret"})
+    facts = read_remote(server.url("private", "tiny.gguf"), headers={"Authorization": "Bearer s3cret"})
     assert facts.name == "tiny-moe"
     with pytest.raises(ModelFileError, match=r"access denied \(HTTP 401\)") as info:
-        read_model(server.url("private", "tiny.gguf"))
+        read_remote(server.url("private", "tiny.gguf"))
     assert "HF_TOKEN" in info.value.hint
 
 
 def test_server_without_range_support(server):
-    facts = read_model(server.url("norange", "tiny.gguf"))
+    facts = read_remote(server.url("norange", "tiny.gguf"))
     assert facts.name == "tiny-moe" and len(facts.tensors) == len(_tiny_tensors())
 
 
 def test_remote_split_model(server, split_model):
     paths, single = split_model
-    facts = read_model(server.url("files", paths[1].name))
+    facts = read_remote(server.url("files", paths[1].name))
     assert [s.location for s in facts.shards] == [server.url("files", p.name) for p in paths]
     assert [t.name for t in facts.tensors] == [t.name for t in read_model(single).tensors]
 
@@ -346,20 +386,18 @@ def test_remote_missing_shard_is_named(server):
     # only shard 1 of "other" is on the server
     os.symlink(server.root / "tiny-00001-of-00003.gguf", server.root / "other-00001-of-00003.gguf")
     with pytest.raises(ModelFileError, match=r"shard 2 of 3 is missing: http://.*/files/other-00002-of-00003\.gguf"):
-        read_model(server.url("files", "other-00001-of-00003.gguf"))
+        read_remote(server.url("files", "other-00001-of-00003.gguf"))
 
 
 def test_hub_token_goes_to_the_hub_only(server, monkeypatch):
     """Without explicit headers, the Hub's auth (HF_TOKEN) is sent to the Hub endpoint's host only."""
-    from huggingface_hub import constants
-
     monkeypatch.setenv("HF_TOKEN", "s3cret")
     port = server.server_address[1]
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    assert read_model(server.url("private", "tiny.gguf")).name == "tiny-moe"
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://localhost:{port}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert read_remote(server.url("private", "tiny.gguf")).name == "tiny-moe"
+    monkeypatch.setenv("HF_ENDPOINT", f"http://localhost:{port}")
     with pytest.raises(ModelFileError, match="access denied"):
-        read_model(server.url("private", "tiny.gguf"))
+        read_remote(server.url("private", "tiny.gguf"))
 
 
 @pytest.mark.parametrize(("route", "message"), [
@@ -368,7 +406,7 @@ def test_hub_token_goes_to_the_hub_only(server, monkeypatch):
 ])
 def test_remote_http_errors(server, route, message):
     with pytest.raises(ModelFileError, match=message):
-        read_model(server.url(route, "nothing-here.gguf"))
+        read_remote(server.url(route, "nothing-here.gguf"))
 
 
 def test_offline_mode(server, monkeypatch):
@@ -376,12 +414,12 @@ def test_offline_mode(server, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelFileError, match=r"offline mode is on \(HF_HUB_OFFLINE\)"):
-        read_model(server.url("files", "tiny.gguf"))
+        read_remote(server.url("files", "tiny.gguf"))
 
 
 def test_unreachable_host():
     with pytest.raises(ModelFileError, match="cannot reach 127.0.0.1:9"):
-        read_model("http://127.0.0.1:9/model.gguf")
+        read_remote("http://127.0.0.1:9/model.gguf")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
 from moecli import app, paths, store
 from moecli import hub as hubmod
-from moecli.download import PARTIAL_SUFFIX, TransferOptions
 from moecli.errors import BadInput, DiskSpaceError, DoesNotFit, DownloadError, HubError, ModelFileError, StoreError
-from moecli.hub import Alias, HubFile, ModelRef, parse_ref
+from moecli.hub import PARTIAL_SUFFIX, Alias, HubFile, ModelRef, TransferOptions, parse_ref
+from moecli.hub.pull import _Meter
+from moecli.units import fmt_bytes
 
 FAST = TransferOptions(backoff=0.0)
 NO_RETRY = TransferOptions(retries=0, backoff=0.0)
@@ -35,6 +36,11 @@ def repo_folder(repo: str = TINY_REPO) -> Path:
 
 def served(hub, path: str):
     return hub.repos[TINY_REPO].files[path]
+
+
+def pull(text: str, **hooks) -> hubmod.Pulled:
+    """hub.pull of what the user typed. `moecli pull` is app.pull_and_record: this, and the store."""
+    return hubmod.pull(parse_ref(text), **hooks)
 
 
 # -- parsing what the user typed -------------------------------------------------------------------
@@ -228,12 +234,12 @@ def test_fits_can_read_each_candidates_header_remotely(hub):
 
     def fits(candidate):
         remote = hubmod.remote_gguf(candidate)
-        facts = read_model(remote.urls[0], headers=remote.headers)
+        facts = read_model(remote.open(), open_shard=remote.open)
         seen[candidate.tag] = facts
         return facts.n_bytes < 4_000_000, f"weights {facts.n_bytes} B, {facts.n_expert} experts"
 
     choices = []
-    pulled = hubmod.pull(TINY_REPO, fits=fits, on_choice=choices.append, options=FAST)
+    pulled = pull(TINY_REPO, fits=fits, on_choice=choices.append, options=FAST)
     assert pulled.candidate.tag == "Q4_K_M"  # Q8_0 (5.8 MB of weights) did not fit; Q4_K_M did
     assert seen["Q8_0"].n_expert == 8 and len(seen["Q4_K_M"].shards) == 3
     assert "largest quant that fits" in choices[0].reason
@@ -243,7 +249,7 @@ def test_fits_can_read_each_candidates_header_remotely(hub):
 
 def test_pull_fetches_exactly_the_shards_and_lays_out_the_cache(hub):
     events = []
-    pulled = hubmod.pull(f"{TINY_REPO}:q4_k_m", on_progress=events.append)
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:q4_k_m", on_progress=events.append)
     commit = hub.repos[TINY_REPO].commit
     assert pulled.name == f"{TINY_REPO}:Q4_K_M"
     assert dict(hub.bytes_sent) == {p: served(hub, p).size for p in SHARDS}  # all of them, nothing else
@@ -267,8 +273,20 @@ def test_pull_fetches_exactly_the_shards_and_lays_out_the_cache(hub):
     assert store.get("tiny-org/tiny-moe-gguf:q4_k_m").commit == commit
 
 
+def test_each_file_is_told_before_it_is_made(hub):
+    """on_created hears of every partial file, blob and link before it exists (so a caller can
+    record that moecli made it before a byte lands); Pulled.created lists the blobs and links."""
+    told = []
+    pulled = pull(f"{TINY_REPO}:Q4_K_M", on_created=lambda c, path: told.append((c.name, path, os.path.lexists(path))))
+    blobs = [p.resolve() for p in pulled.paths]
+    made = [(blob.with_name(blob.name + PARTIAL_SUFFIX), blob, link) for blob, link in zip(blobs, pulled.paths)]
+    assert [path for _, path, _ in told] == [p for paths in made for p in paths]
+    assert not any(existed for _, _, existed in told) and {name for name, _, _ in told} == {pulled.name}
+    assert pulled.created == tuple(p for _, blob, link in made for p in (blob, link))
+
+
 def test_huggingface_hub_and_a_second_pull_find_the_files(hub):
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    pulled = pull(f"{TINY_REPO}:Q4_K_M")
     hub.reset_counters()
     commit = hub.repos[TINY_REPO].commit
     for shard, path in zip(SHARDS, pulled.paths):
@@ -276,7 +294,7 @@ def test_huggingface_hub_and_a_second_pull_find_the_files(hub):
         assert try_to_load_from_cache(TINY_REPO, shard, cache_dir=cache()) == str(path)  # through refs/main
         online = hf_hub_download(TINY_REPO, shard, cache_dir=cache(), endpoint=hub.url, token=False)
         assert online == str(path)
-    again = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    again = pull(f"{TINY_REPO}:Q4_K_M")
     assert sum(hub.bytes_sent.values()) == 0 and again.downloaded == 0 and again.paths == pulled.paths
 
 
@@ -285,10 +303,10 @@ def test_files_huggingface_hub_downloaded_are_reused_and_checked(hub):
     hf_path = hf_hub_download(TINY_REPO, SHARDS[0], cache_dir=cache(), endpoint=hub.url, token=False, revision=commit)
     hub.reset_counters()
     events = []
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M", on_progress=events.append)
+    pulled, record = app.pull_and_record(f"{TINY_REPO}:Q4_K_M", on_progress=events.append)
     assert SHARDS[0] not in hub.bytes_sent and pulled.paths[0] == Path(hf_path)
     assert any(e.stage == "check" and e.file_index == 1 for e in events)
-    assert Path(hf_path).resolve() not in pulled.record.created  # not ours: rm will keep it
+    assert Path(hf_path).resolve() not in record.created  # not ours: rm will keep it
 
 
 def test_a_pre_existing_file_that_does_not_verify_is_reported_not_replaced(hub):
@@ -301,20 +319,20 @@ def test_a_pre_existing_file_that_does_not_verify_is_reported_not_replaced(hub):
     blob.chmod(0o644)
     blob.write_bytes(bytes(data))
     with pytest.raises(DownloadError) as err:
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+        app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     assert SHARDS[1] in err.value.message and str(blob) in err.value.hint
     assert blob.read_bytes() == bytes(data)  # left as it was
     assert store.find(TINY_REPO, "Q4_K_M") is None
 
 
 def test_a_revision_pins_the_commit(hub):
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M@v1.0")
+    pulled, record = app.pull_and_record(f"{TINY_REPO}:Q4_K_M@v1.0")
     assert (repo_folder() / "refs" / "v1.0").read_text() == hub.repos[TINY_REPO].commit
-    assert pulled.record.revision == "v1.0"
+    assert record.revision == "v1.0"
 
 
 def test_a_sub_folder_quant_keeps_its_path(hub):
-    pulled = hubmod.pull(f"{TINY_REPO}:UD-Q4_K_XL")
+    pulled = pull(f"{TINY_REPO}:UD-Q4_K_XL")
     assert [p.name for p in pulled.paths] == ["Tiny-MoE-UD-Q4_K_XL-00001-of-00002.gguf",
                                               "Tiny-MoE-UD-Q4_K_XL-00002-of-00002.gguf"]
     assert all(p.parent.name == "UD-Q4_K_XL" for p in pulled.paths)
@@ -323,7 +341,7 @@ def test_a_sub_folder_quant_keeps_its_path(hub):
 # -- interrupted and corrupted transfers ---------------------------------------------------------------
 def test_a_dropped_connection_is_resumed_in_the_same_run(hub):
     hub.drop(SHARDS[1], 300_000)
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M", options=FAST)
+    pulled = pull(f"{TINY_REPO}:Q4_K_M", options=FAST)
     assert hub.sent(SHARDS[1]) == served(hub, SHARDS[1]).size  # not one byte sent twice
     ranges = [r.range for r in hub.requests if r.host.startswith("localhost") and SHARDS[1] in r.path]
     assert ranges == ["bytes=0-", "bytes=300000-"]
@@ -333,7 +351,7 @@ def test_a_dropped_connection_is_resumed_in_the_same_run(hub):
 def test_a_pull_cut_off_resumes_in_the_next_run_with_only_the_missing_bytes(hub):
     hub.drop(SHARDS[2], 250_000, 0)  # cut, then a connection that brings nothing: give up
     with pytest.raises(DownloadError) as err:
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M", options=NO_RETRY)
+        app.pull_and_record(f"{TINY_REPO}:Q4_K_M", options=NO_RETRY)
     assert SHARDS[2] in err.value.message and "resumes" in err.value.hint
     sha = served(hub, SHARDS[2]).sha256
     partial = repo_folder() / "blobs" / (sha + PARTIAL_SUFFIX)
@@ -343,7 +361,7 @@ def test_a_pull_cut_off_resumes_in_the_next_run_with_only_the_missing_bytes(hub)
     assert store.find(TINY_REPO, "Q4_K_M") is None
 
     hub.reset_counters()
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     assert dict(hub.bytes_sent) == {SHARDS[2]: served(hub, SHARDS[2]).size - 250_000}
     assert pulled.paths[2].read_bytes() == served(hub, SHARDS[2]).read_all()
     assert not partial.exists()
@@ -354,8 +372,8 @@ def test_a_killed_pull_resumes_with_only_the_missing_bytes(hub, how):
     stall_at = 400_000
     hub.stall(SHARDS[0], stall_at)
     script = textwrap.dedent(f"""
-        from moecli import hub
-        hub.pull({TINY_REPO + ':Q4_K_M'!r})
+        from moecli import app
+        app.pull_and_record({TINY_REPO + ':Q4_K_M'!r})
     """)
     child = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -374,7 +392,7 @@ def test_a_killed_pull_resumes_with_only_the_missing_bytes(hub, how):
     assert store.find(TINY_REPO, "Q4_K_M") is None
 
     hub.reset_counters()
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     assert hub.sent(SHARDS[0]) == served(hub, SHARDS[0]).size - kept
     assert pulled.paths[0].read_bytes() == served(hub, SHARDS[0]).read_all()
 
@@ -382,7 +400,7 @@ def test_a_killed_pull_resumes_with_only_the_missing_bytes(hub, how):
 def test_a_corrupted_byte_is_caught_and_nothing_is_recorded(hub):
     hub.corrupt(SHARDS[1], 123_456)
     with pytest.raises(DownloadError) as err:
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+        app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     assert SHARDS[1] in err.value.message and "verification" in err.value.message
     sha = served(hub, SHARDS[1]).sha256
     blobs = repo_folder() / "blobs"
@@ -393,7 +411,7 @@ def test_a_corrupted_byte_is_caught_and_nothing_is_recorded(hub):
 
     hub.faults.clear()
     hub.reset_counters()
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     assert dict(hub.bytes_sent) == {SHARDS[1]: served(hub, SHARDS[1]).size, SHARDS[2]: served(hub, SHARDS[2]).size}
     assert store.resolve(pulled.name) == pulled.paths
 
@@ -402,7 +420,7 @@ def test_a_server_that_ignores_range_restarts_the_file(hub):
     hub.drop(SHARDS[0], 100_000)
     hub.faults.ignore_range.add(SHARDS[0])
     events = []
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M", options=FAST, on_progress=events.append)
+    pulled = pull(f"{TINY_REPO}:Q4_K_M", options=FAST, on_progress=events.append)
     assert hub.sent(SHARDS[0]) == served(hub, SHARDS[0]).size + 100_000
     assert pulled.paths[0].read_bytes() == served(hub, SHARDS[0]).read_all()
     assert events[-1].done == pulled.candidate.size
@@ -411,7 +429,7 @@ def test_a_server_that_ignores_range_restarts_the_file(hub):
 def test_a_file_that_is_not_a_gguf_is_not_recorded(hub, hub_server):
     hub.add_repo("tiny-org/Broken-GGUF", {"Broken-Q4_K_M.gguf": b"NOPE" + bytes(5000)})
     with pytest.raises(ModelFileError, match="not a GGUF"):
-        hubmod.pull("tiny-org/Broken-GGUF:Q4_K_M")
+        app.pull_and_record("tiny-org/Broken-GGUF:Q4_K_M")
     assert store.find("tiny-org/Broken-GGUF") is None
 
 
@@ -419,9 +437,9 @@ def test_a_caller_check_runs_on_the_files(hub):
     from moecli.gguf import read_model
 
     facts = []
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M", check_model=lambda paths: facts.append(read_model(paths[0])))
+    pulled, record = app.pull_and_record(f"{TINY_REPO}:Q4_K_M", check_model=lambda paths: facts.append(read_model(paths[0])))
     assert facts[0].is_moe and len(facts[0].shards) == 3 and facts[0].n_expert == 8
-    assert pulled.record.name == pulled.name
+    assert record.name == pulled.name
 
 
 def test_another_pull_holding_the_lock_is_reported(hub):
@@ -445,33 +463,33 @@ def test_no_network(monkeypatch):
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(HubError) as err:
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+        pull(f"{TINY_REPO}:Q4_K_M")
     assert err.value.message == f"cannot reach http://127.0.0.1:{port}: connection refused"
     assert "HF_ENDPOINT" in err.value.hint
 
 
 def test_unknown_repo(hub):
     with pytest.raises(HubError) as err:
-        hubmod.pull("tiny-org/No-Such-GGUF:Q4_K_M")
+        pull("tiny-org/No-Such-GGUF:Q4_K_M")
     assert err.value.message == f"tiny-org/No-Such-GGUF is not on {hub.url} (or is private)"
     assert "HF_TOKEN" in err.value.hint
 
 
 def test_unknown_revision(hub):
     with pytest.raises(HubError, match="has no revision 'nope'"):
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M@nope")
+        pull(f"{TINY_REPO}:Q4_K_M@nope")
 
 
 def test_unknown_tag_lists_the_tags(hub):
     with pytest.raises(HubError) as err:
-        hubmod.pull(f"{TINY_REPO}:IQ1_S")
+        pull(f"{TINY_REPO}:IQ1_S")
     assert err.value.message == f"{TINY_REPO} has no IQ1_S GGUF"
     assert err.value.hint == "tags in the repo: Q8_0, Q4_K_M, UD-Q4_K_XL, Q4_0"
 
 
 def test_gated_repo_without_token(hub):
     with pytest.raises(HubError) as err:
-        hubmod.pull(f"{GATED_REPO}:Q4_0")
+        pull(f"{GATED_REPO}:Q4_0")
     assert "is gated" in err.value.message and "HF_TOKEN" in err.value.hint
     assert sum(hub.bytes_sent.values()) == 0
 
@@ -479,13 +497,13 @@ def test_gated_repo_without_token(hub):
 def test_gated_repo_with_a_token_not_granted(hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", NOT_GRANTED_TOKEN)
     with pytest.raises(HubError) as err:
-        hubmod.pull(f"{GATED_REPO}:Q4_0")
+        pull(f"{GATED_REPO}:Q4_0")
     assert err.value.message == f"{GATED_REPO} is gated and your token has not been granted access"
 
 
 def test_gated_repo_with_a_granted_token(hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", GRANTED_TOKEN)
-    pulled = hubmod.pull(f"{GATED_REPO}:Q4_0")
+    pulled = pull(f"{GATED_REPO}:Q4_0")
     assert pulled.paths[0].is_file()
     hub_requests = [r for r in hub.requests if r.host.startswith("127.0.0.1")]
     cdn_requests = [r for r in hub.requests if r.host.startswith("localhost")]
@@ -496,15 +514,15 @@ def test_gated_repo_with_a_granted_token(hub, monkeypatch):
 def test_an_invalid_token(hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_nonsense")
     with pytest.raises(HubError, match="refused the token in HF_TOKEN"):
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+        pull(f"{TINY_REPO}:Q4_K_M")
 
 
 def test_not_enough_disk(hub):
     size = sum(served(hub, p).size for p in SHARDS)
     with pytest.raises(DiskSpaceError) as err:
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M", free_space=lambda path: 1_000_000)
+        pull(f"{TINY_REPO}:Q4_K_M", free_space=lambda path: 1_000_000)
     assert err.value.message == (f"not enough disk space for {TINY_REPO}:Q4_K_M: "
-                                 f"{hubmod.fmt_bytes(size)} still to download, 977 KiB free in {cache()}")
+                                 f"{fmt_bytes(size)} still to download, 977 KiB free in {cache()}")
     assert "HF_HUB_CACHE" in err.value.hint
     assert sum(hub.bytes_sent.values()) == 0
 
@@ -512,29 +530,27 @@ def test_not_enough_disk(hub):
 def test_the_disk_check_counts_only_what_is_missing(hub):
     hub.drop(SHARDS[0], 500_000, 0)
     with pytest.raises(DownloadError):
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M", options=NO_RETRY)
+        pull(f"{TINY_REPO}:Q4_K_M", options=NO_RETRY)
     asked = []
     size = sum(served(hub, p).size for p in SHARDS)
-    hubmod.pull(f"{TINY_REPO}:Q4_K_M", free_space=lambda path: asked.append(path) or size - 500_000)
+    pull(f"{TINY_REPO}:Q4_K_M", free_space=lambda path: asked.append(path) or size - 500_000)
     assert asked == [repo_folder() / "blobs"]
 
 
 def test_offline_uses_what_was_pulled_and_says_so_for_the_rest(hub, monkeypatch):
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.reset_counters()
-    again = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    again, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     assert again.paths == pulled.paths and hub.requests == []
     with pytest.raises(HubError) as err:
-        hubmod.pull(f"{TINY_REPO}:Q8_0")
+        app.pull_and_record(f"{TINY_REPO}:Q8_0")
     assert "HF_HUB_OFFLINE" in err.value.message
 
 
 def test_a_local_file_is_not_pulled(tiny_files):
-    from moecli.facts import MachineFacts
-
     with pytest.raises(BadInput, match="nothing to pull"):
-        app.pull(str(tiny_files["Tiny-MoE-Q8_0.gguf"]), MachineFacts((), 8 << 30, 8 << 30, 2))
+        app.pull_and_record(str(tiny_files["Tiny-MoE-Q8_0.gguf"]))
 
 
 # -- finding what is already here ----------------------------------------------------------------------
@@ -556,7 +572,7 @@ def test_locate_reports_a_missing_shard(tmp_path, tiny_files):
 def test_locate_finds_pulled_models_by_name_repo_or_alias(hub):
     with pytest.raises(StoreError, match="not pulled yet"):
         app.locate(f"{TINY_REPO}:Q4_K_M")
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     assert app.locate(f"{TINY_REPO}:q4_k_m").files == pulled.paths
     assert app.locate(f"hf.co/{TINY_REPO}:Q4_K_M").files == pulled.paths
     (paths.config_dir()).mkdir(parents=True, exist_ok=True)
@@ -568,7 +584,7 @@ def test_progress_reports_speed_and_eta_over_the_last_seconds():
     listing = listing_of([("M-Q4_K_M-00001-of-00002.gguf", 600), ("M-Q4_K_M-00002-of-00002.gguf", 400)])
     now = [100.0]
     events = []
-    meter = hubmod._Meter(listing.candidates[0], events.append, clock=lambda: now[0])
+    meter = _Meter(listing.candidates[0], events.append, clock=lambda: now[0])
     meter.at("check", 1)
     meter.add(200, transferred=False)  # already on disk: counts as done, not as speed
     meter.at("download", 1)
@@ -606,7 +622,7 @@ def test_an_endpoint_that_is_not_a_hub(monkeypatch):
     try:
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
         with pytest.raises(HubError) as err:
-            hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+            pull(f"{TINY_REPO}:Q4_K_M")
         assert "does not answer like the Hugging Face Hub" in err.value.message and "HF_ENDPOINT" in err.value.hint
     finally:
         server.shutdown()
@@ -620,7 +636,7 @@ def test_a_pull_prints_nothing_itself(hub, capfd, caplog):
 
     caplog.set_level(logging.INFO)
     hub.drop(SHARDS[0], 100_000)
-    hubmod.pull(f"{TINY_REPO}:Q4_K_M", options=FAST)
+    pull(f"{TINY_REPO}:Q4_K_M", options=FAST)
     captured = capfd.readouterr()
     assert captured.out == "" and captured.err == ""
     assert [r for r in caplog.records if r.name.startswith("huggingface_hub") and r.levelno >= logging.INFO] == []

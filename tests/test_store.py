@@ -1,5 +1,6 @@
 """moecli.store: records of pulled models, name lookup, and removal that deletes only what moecli
-created. The first tests build a Hugging Face cache by hand; the last ones pull through the hub."""
+created. The first tests build a Hugging Face cache by hand; the last ones pull through the hub
+(app.pull_and_record: hub.pull, and the records)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from hubserver import SHARDS, TINY_REPO
 from huggingface_hub import hf_hub_download
 
+from moecli import app, paths, store
 from moecli import hub as hubmod
-from moecli import paths, store
 from moecli.errors import StoreError
 
 COMMIT = "a" * 40
@@ -146,7 +147,7 @@ def test_a_new_pull_of_the_same_name_keeps_what_earlier_pulls_created(cache_root
 # -- through a real pull ---------------------------------------------------------------------------------
 def test_pull_then_rm_leaves_the_cache_as_it_was(hub):
     cache = hubmod.HubEnv.from_environ().cache_dir
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     blobs = [p.resolve() for p in pulled.paths]
     removal = store.plan_removal(pulled.name)
     assert set(removal.delete) == {*pulled.paths, *blobs}
@@ -162,7 +163,7 @@ def test_rm_keeps_a_shard_huggingface_hub_downloaded_before(hub):
     cache = hubmod.HubEnv.from_environ().cache_dir
     commit = hub.repos[TINY_REPO].commit
     theirs = Path(hf_hub_download(TINY_REPO, SHARDS[0], cache_dir=cache, endpoint=hub.url, token=False, revision=commit))
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")
     removal = store.plan_removal(pulled.name)
     kept = dict(removal.keep)
     assert theirs in kept and theirs.resolve() in kept
@@ -175,9 +176,9 @@ def test_rm_keeps_a_shard_huggingface_hub_downloaded_before(hub):
 def test_files_a_failed_pull_created_are_still_moecli_s_to_remove(hub):
     hub.corrupt(SHARDS[1], 1000)
     with pytest.raises(Exception, match="verification"):
-        hubmod.pull(f"{TINY_REPO}:Q4_K_M")  # shard 1 is placed, shard 2 fails
+        app.pull_and_record(f"{TINY_REPO}:Q4_K_M")  # shard 1 is placed, shard 2 fails
     hub.faults.clear()
-    pulled = hubmod.pull(f"{TINY_REPO}:Q4_K_M")  # shard 1 is found in the cache, checked, reused
+    pulled, _ = app.pull_and_record(f"{TINY_REPO}:Q4_K_M")  # shard 1 is found in the cache, checked, reused
     removal = store.plan_removal(pulled.name)
     assert set(removal.delete) == {*pulled.paths, *(p.resolve() for p in pulled.paths)}
     assert removal.keep == ()

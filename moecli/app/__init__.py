@@ -8,7 +8,7 @@ parse their input, call these, and render what comes back.
     models    pull (with its pre-plan), the pulled models and their verdicts, removal
 """
 
-from moecli.app.models import Listed, PrePlan, plan_removal, pull, pulled_models, remove
+from moecli.app.models import Listed, PrePlan, plan_removal, pull, pull_and_record, pulled_models, remove
 from moecli.app.planning import (
     HubFits,
     MachineOptions,
@@ -25,7 +25,7 @@ from moecli.app.running import BenchJob, BenchRun, bench_job, ctrl_c_sets, load_
 from moecli.app.serving import ServeJob, Slots, load_for_serving, serve_job
 
 __all__ = [
-    "DEMO", "BenchJob", "Listed", "PrePlan", "plan_removal", "pull", "pulled_models", "remove", "BenchRun", "HubFits", "Located", "MachineOptions", "Request", "Verdict", "bench_job",
+    "DEMO", "BenchJob", "Listed", "PrePlan", "plan_removal", "pull", "pull_and_record", "pulled_models", "remove", "BenchRun", "HubFits", "Located", "MachineOptions", "Request", "Verdict", "bench_job",
     "check_flags", "ctrl_c_sets", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
     "machine_for_loading", "plan_for", "read_facts", "run_bench", "verdict", "with_threads",
     "ServeJob", "Slots", "load_for_serving", "serve_job",

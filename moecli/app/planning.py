@@ -161,7 +161,7 @@ class HubFits:
 
             remote = hub.remote_gguf(candidate)
             try:
-                facts = gguf.read_model(remote.urls[0], headers=remote.headers, source=candidate.name)
+                facts = gguf.read_model(remote.open(), open_shard=remote.open, source=candidate.name)
                 self._plans[candidate.name] = planner.plan(facts, self.machine, planner.Wishes(n_ctx=planner.DEFAULT_CTX))
             except MoecliError as exc:
                 self._plans[candidate.name] = exc

@@ -87,5 +87,5 @@ def read_facts(located: Located) -> ModelFacts:
     if located.files:
         return gguf.read_model(located.files[0], source=located.name)
     assert located.remote is not None
-    return gguf.read_model(located.remote.urls[0], headers=located.remote.headers,
+    return gguf.read_model(located.remote.open(), open_shard=located.remote.open,
                            source=located.remote_name or located.name)

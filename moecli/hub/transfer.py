@@ -9,7 +9,7 @@ huggingface_hub lists, authenticates and lays out the cache; the body itself is 
 standard library (`urllib.request` -> `http.client`), where a read is one `recv` straight from the
 socket (or, over TLS, one chunk assembled in C), while huggingface_hub's httpx2 copies every chunk
 three times inside h11. On the 2-core dev machine that was the difference between 0.71x and 1.11x
-curl's throughput from a local server (`python tests/hubserver.py`, a benchmark, not a test, with
+curl's throughput from a local server (`python scripts/bench_pull.py`, a benchmark, not a test, with
 `--tls`, `--rate-mib` and `--gguf FILE` to time a whole `moecli pull`). What the Hub's own client
 would do is kept: proxies from the environment, its TLS trust store, its headers, redirects
 followed with the token sent only to the origin that was asked (the Hub's CDN is another origin),
@@ -39,14 +39,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from moecli.errors import DiskSpaceError, DownloadError
+from moecli.hub.errors import raise_for_status, transport_reason, untrusted_certificate
 from moecli.units import MiB, fmt_bytes
 
-# llama.cpp's downloader (common/download.cpp) keeps its partial file as `<blob>.downloadInProgress`
-# and resumes it with Range requests too; sharing the name lets either tool finish the other's work.
-PARTIAL_SUFFIX = ".downloadInProgress"
-
-_RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # huggingface_hub's _DEFAULT_RETRY_ON_STATUS_CODES
-_DEFAULT_TIMEOUT = 10.0  # huggingface_hub's DEFAULT_DOWNLOAD_TIMEOUT; HF_HUB_DOWNLOAD_TIMEOUT overrides it
+_RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # huggingface_hub's _DEFAULT_RETRY_ON_STATUS_CODES (utils/_http.py)
+_DEFAULT_TIMEOUT = 10.0  # huggingface_hub's DEFAULT_DOWNLOAD_TIMEOUT (constants.py); HF_HUB_DOWNLOAD_TIMEOUT overrides it
 
 
 @dataclass(frozen=True)
@@ -69,12 +66,13 @@ class Digest:
 
 @dataclass(frozen=True)
 class TransferOptions:
+    # huggingface_hub's http_backoff (utils/_http.py): 5 retries, waits from 1 s doubling to at most 8 s
     retries: int = 5  # attempts in a row that bring no new byte before giving up
     backoff: float = 1.0  # seconds before the first retry, doubled each time, at most 8
     timeout: float | None = None  # seconds without a byte; None: HF_HUB_DOWNLOAD_TIMEOUT or 10
     # Bytes per read: each chunk is received, written and hashed while it is still in cache. 1 GiB
     # from a local server on the 2-core dev machine (1 MiB L2 per core), medians of 5 against curl
-    # (`python tests/hubserver.py --runs 5 --chunk-kib N`): 64 KiB 0.71x (Python's cost per read),
+    # (`python scripts/bench_pull.py --runs 5 --chunk-kib N`): 64 KiB 0.71x (Python's cost per read),
     # 256 KiB 1.02x, 1 MiB 0.92x (each chunk read back from memory).
     chunk_bytes: int = 256 * 1024
     chunks_in_flight: int = 16  # written, waiting for the hash thread: 4 MiB, within the shared L3
@@ -150,7 +148,8 @@ def fetch(url: str, path: Path, *, label: str, size: int, digest: Digest, header
     (a server that ignored the range). On return the partial file is complete and verified.
     Raises DownloadError: the partial file is kept when its bytes may be good (a dropped
     connection), removed when they are not (a digest mismatch); either way nothing looks complete.
-    An error answer from the Hub raises huggingface_hub's own error (HfHubHTTPError and kin).
+    An error answer from the Hub raises huggingface_hub's own error (HfHubHTTPError and kin), which
+    moecli.hub.errors translates.
     """
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -192,16 +191,6 @@ class _Retryable(Exception):
     """A dropped, refused or stalled connection, or a 408/429/5xx answer: worth another try."""
 
 
-def _reason(exc: BaseException) -> str:
-    """One line for a network error (urllib wraps the socket's in URLError)."""
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return text.splitlines()[0][:120]
-
-
 def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: float,
               options: TransferOptions, on_bytes: Callable[[int], None],
               on_restart: Callable[[int], None] | None) -> None:
@@ -216,14 +205,13 @@ def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: 
             if on_restart:
                 on_restart(dropped)
             return
-        _raise_hub_error(exc)
+        raise_for_status(exc)  # huggingface_hub's error class for it: the caller translates it
+        raise DownloadError(f"the server answered {exc.code} for {exc.url}", "pull again later") from exc
     except (OSError, http.client.HTTPException) as exc:  # URLError is an OSError
         cause = getattr(exc, "reason", exc)
         if isinstance(cause, ssl.SSLCertVerificationError):  # trying again will not help
-            raise DownloadError(f"the TLS certificate of {urlsplit(url).hostname} (or of where it redirects) is not "
-                                f"trusted: {cause.verify_message}",
-                                "behind a TLS-inspecting proxy, set SSL_CERT_FILE to its CA bundle") from exc
-        raise _Retryable(_reason(exc)) from exc
+            raise untrusted_certificate(url, cause) from exc
+        raise _Retryable(transport_reason(exc)) from exc
 
     with response:
         if response.status == 206:
@@ -239,10 +227,11 @@ def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: 
                                 f"at {partial.size}", "pull again; if it persists, the repo changed while pulling")
 
         # Over plain TCP read1 is one recv of what the socket holds. Over TLS it returns one record
-        # (at most 16 KiB): too many trips through Python, so read() assembles the chunk in C. Each
-        # is the faster of the two where it is used (1 GiB from a local server, the two swapped on
-        # this line, medians of 5 and 3: plain 867 against 684 MiB/s, TLS 284 against 105; curl 950
-        # and 415). A stall or a kill loses at most the chunk being read: its bytes are fetched again.
+        # (at most 16 KiB, RFC 8446 5.1): too many trips through Python, so read() assembles the chunk
+        # in C. Each is the faster of the two where it is used (1 GiB from a local server, the two
+        # swapped on this line, `scripts/bench_pull.py --runs 5` and `--tls --runs 3`: plain 867
+        # against 684 MiB/s, TLS 284 against 105; curl 950 and 415). A stall or a kill loses at most
+        # the chunk being read: its bytes are fetched again.
         read = response.read if urlsplit(response.url).scheme == "https" else response.read1
         # Each chunk is appended and hashed as it arrives: what a broken connection, Ctrl-C or a
         # kill leaves is a valid prefix, and the next attempt (or the next run) continues after it.
@@ -251,7 +240,7 @@ def _transfer(url: str, partial: _Partial, headers: Mapping[str, str], timeout: 
                 try:
                     chunk = read(min(options.chunk_bytes, partial.size - partial.have))
                 except (OSError, http.client.HTTPException) as exc:
-                    raise _Retryable(_reason(exc)) from exc
+                    raise _Retryable(transport_reason(exc)) from exc
                 if not chunk:
                     raise _Retryable("the server closed the connection early")
                 _write_all(out, chunk)
@@ -302,19 +291,6 @@ def _tls_context():
         return default_ssl_context()
     except ImportError:
         return ssl.create_default_context()
-
-
-def _raise_hub_error(exc: urllib.error.HTTPError):
-    """Let huggingface_hub read an error answer: the same error classes (gated, not found, ...)
-    and messages as for its own requests."""
-    import httpx2
-    from huggingface_hub.utils import hf_raise_for_status
-
-    body = exc.read() if exc.fp is not None else b""
-    response = httpx2.Response(exc.code, headers=list(exc.headers.items()), content=body,
-                               request=httpx2.Request("GET", exc.url))
-    hf_raise_for_status(response)
-    raise DownloadError(f"the server answered {exc.code} for {exc.url}", "pull again later")
 
 
 class _HashThread:
