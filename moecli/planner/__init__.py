@@ -1,21 +1,44 @@
-"""The planner: where every tensor of a model lives on a machine, how much memory each device
-needs, how fast decoding can be, and why. Pure: facts in, a `Plan` out (see `search`)."""
+"""Where every tensor of a model lives on a machine, how much memory each device needs, how fast
+decoding can be, and why: `plan` decides, `evaluate` accounts for flags a user typed.
 
-from moecli.planner.search import (
+Modules, one job each: `types` (what goes in and comes out), `model` (the model as the planner sees
+it), `memory` (llama.cpp's memory rules), `placement` (which device each tensor is on, and the flags
+that say so), `speed` (the decode estimate), `search` (`plan` and `evaluate`).
+
+Pure: facts in, a `Plan` out; no I/O, no clock, no randomness. Everything follows the llama.cpp that
+llama-cpp-python 0.3.36 vendors; each rule names the place in its source it repeats:
+
+- weights: `llama_model_base::load_tensors` (src/llama-model.cpp) gives the LAST n_gpu_layers - 1
+  repeating layers and the output layer to the GPU (n_gpu_layers counts the output layer too:
+  i_gpu_start = n_layer_all + 1 - n_gpu_layers); the token embedding is an input tensor and always
+  stays on the CPU (`dev_input`: "very little benefit to offloading the input layer"). Tensor
+  overrides are tried first, in order, `std::regex_search` on the name, the first match wins
+  (`llama_model_loader::create_tensor`). MTP/NextN layers are not loaded unless asked (load_mtp).
+- KV cache: n_ctx is padded to 256 cells (`llama_context`: GGML_PAD(n_ctx, 256)); each layer that
+  keeps a cache holds K and V rows for every cell on its layer's device (offload_kqv); sliding-
+  window layers hold GGML_PAD(min(n_ctx, n_swa + n_ubatch), 256) cells (src/llama-kv-cache-iswa.cpp).
+- recurrent state: one f32 state per sequence per recurrent layer (src/llama-memory-recurrent.cpp:
+  mem_size = max(1, n_seq_max), times 1 + n_rs_seq with n_rs_seq = 0 by default).
+- compute buffers: see `_compute`; the CUDA runtime's own memory: `GpuFacts.runtime_overhead`.
+"""
+from moecli.planner.memory import (
     CUDA_ALIGNMENT,
     CUDA_COMPUTE_SLACK,
+    DEFAULT_RUNTIME_OVERHEAD,
+    MATRIX_ROW_PADDING,
+    OFFLOAD_COPY_SLACK,
+    OP_OFFLOAD_MIN_BATCH,
+)
+from moecli.planner.search import evaluate, neighbours, plan
+from moecli.planner.speed import EFFICIENCY
+from moecli.planner.types import (
     DEFAULT_BATCH,
     DEFAULT_CTX,
     DEFAULT_MARGIN,
-    DEFAULT_RUNTIME_OVERHEAD,
     DEFAULT_UBATCH,
-    EFFICIENCY,
     GPU,
     KV_QUANT_LADDER,
-    MATRIX_ROW_PADDING,
     MIN_CTX,
-    OFFLOAD_COPY_SLACK,
-    OP_OFFLOAD_MIN_BATCH,
     RAM_RESERVE,
     Alternative,
     DecodeEstimate,
@@ -24,10 +47,7 @@ from moecli.planner.search import (
     Plan,
     TensorPlacement,
     Wishes,
-    evaluate,
-    neighbours,
     parse_ctx,
-    plan,
 )
 
 __all__ = [
