@@ -15,10 +15,11 @@ from modelfacts import dense_model, moe_model, qwen36_35b_a3b
 
 from moecli import machine as machine_mod
 from moecli import planner
+from moecli.bench import neighbours
 from moecli.errors import BadInput, DoesNotFit, NotMoE
 from moecli.facts import GpuFacts, MachineFacts, Role
 from moecli.params import LlamaParams, TensorOverride
-from moecli.planner import Wishes, evaluate, neighbours, plan
+from moecli.planner import Wishes, evaluate, plan
 from moecli.units import GiB, MiB
 
 QWEN = qwen36_35b_a3b()

@@ -29,7 +29,7 @@ from moecli.planner.memory import (
     OFFLOAD_COPY_SLACK,
     OP_OFFLOAD_MIN_BATCH,
 )
-from moecli.planner.search import evaluate, neighbours, plan
+from moecli.planner.search import evaluate, plan
 from moecli.planner.speed import EFFICIENCY
 from moecli.planner.types import (
     DEFAULT_BATCH,
@@ -54,5 +54,5 @@ __all__ = [
     "CUDA_ALIGNMENT", "CUDA_COMPUTE_SLACK", "DEFAULT_BATCH", "DEFAULT_CTX", "DEFAULT_MARGIN", "DEFAULT_RUNTIME_OVERHEAD",
     "DEFAULT_UBATCH", "EFFICIENCY", "GPU", "KV_QUANT_LADDER", "MATRIX_ROW_PADDING", "MIN_CTX", "OFFLOAD_COPY_SLACK",
     "OP_OFFLOAD_MIN_BATCH", "RAM_RESERVE", "Alternative", "DecodeEstimate", "MemoryBreakdown", "Placement", "Plan",
-    "TensorPlacement", "Wishes", "evaluate", "neighbours", "parse_ctx", "plan",
+    "TensorPlacement", "Wishes", "evaluate", "parse_ctx", "plan",
 ]

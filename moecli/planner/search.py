@@ -1,13 +1,12 @@
 """`plan` decides the placement, context, KV types, batch sizes, load mode and threads for a model on
-a machine; `evaluate` accounts for flags a user typed; `neighbours` lists the configurations
-`moecli bench --sweep` compares."""
+a machine; `evaluate` accounts for flags a user typed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from moecli.errors import BadInput, DoesNotFit, NotMoE
+from moecli.errors import BadInput, DoesNotFit
 from moecli.facts import KV_CELL_PAD, GpuFacts, MachineFacts, ModelFacts
 from moecli.params import ALL_LAYERS, CPU, LlamaParams
 from moecli.planner.memory import OP_OFFLOAD_MIN_BATCH, _Account, _account, _kv_bytes, _runtime_overhead, _Setup
@@ -521,45 +520,3 @@ class _Search:
             out.append(Alternative("f16 KV cache", params.with_(type_k="f16", type_v="f16", flash_attn="auto"), None, None,
                                    "does not fit with the non-expert weights at this context"))
         return out
-
-
-# ---------------------------------------------------------------------------------------------
-# neighbours: what `moecli bench --sweep` compares
-
-
-def neighbours(plan: Plan, steps: Iterable[int] = (1, 2)) -> list[tuple[str, LlamaParams]]:
-    """Configurations around a plan, for benchmarking: the plan, +-k expert layers on the GPU, all
-    experts on the CPU, a naive layer split of the same VRAM, and the other load mode. The ones
-    with more on the GPU may not fit: evaluate them before loading."""
-    if not plan.is_moe:
-        raise NotMoE(f"{plan.model} is a dense model: the sweep moves experts, and it has none",
-                     "benchmark it with `moecli bench` without --sweep")
-    base = plan.params
-    layers = plan.placement.expert_layers
-    on_gpu = len(plan.placement.expert_layers_gpu)
-    out: list[tuple[str, LlamaParams]] = [("plan", base)]
-
-    def with_gpu_layers(count: int) -> LlamaParams:
-        if count <= 0:
-            return base.with_(cpu_moe=True, n_cpu_moe=0, tensor_overrides=())
-        return base.with_(cpu_moe=False, n_cpu_moe=layers[len(layers) - count], tensor_overrides=())
-
-    for k in steps:
-        for sign, word in ((1, "more"), (-1, "fewer")):
-            count = on_gpu + sign * k
-            if 0 <= count <= len(layers) and count != on_gpu:
-                p = with_gpu_layers(count)
-                flag = "--cpu-moe" if p.cpu_moe else f"--n-cpu-moe {p.n_cpu_moe}"
-                out.append((f"{k} {word} expert layer{'s' if k > 1 else ''} on GPU ({flag})", p))
-    out.append(("all experts on CPU (--cpu-moe)", with_gpu_layers(0)))
-    naive = next((a for a in plan.alternatives if a.label.startswith("naive")), None)
-    if naive is not None:
-        out.append((naive.label, naive.params))
-    other = "mmap" if base.load_mode == "none" else "none"
-    out.append((f"plan with -lm {other}", base.with_(load_mode=other)))
-    seen, unique = set(), []
-    for label, params in out:
-        if params not in seen:
-            seen.add(params)
-            unique.append((label, params))
-    return unique
