@@ -4,7 +4,7 @@ the flags that express a placement, and the compact picture of one for a `Plan`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from moecli.errors import BadInput
@@ -29,21 +29,37 @@ class _Where:
         return self.n_gpu_layers >= 1
 
 
-def _where(m: _Model, n_gpu_layers: int, cpu_expert_layers: Iterable[int] = (), cpu_expert_tensors: Iterable[str] = (),
-           has_gpu: bool = True) -> _Where:
-    """The devices llama.cpp gives each tensor for -ngl n_gpu_layers and expert overrides (the fast
-    path the search uses; `_where_from_params` is the exact one, and the plan checks they agree)."""
+_Partial = tuple[int, tuple[str, ...]]  # one layer split by tensor: (layer, its expert tensors on the GPU)
+
+
+def _where(m: _Model, n_gpu_layers: int, *, gpu_experts: Iterable[int] | None = None, partial: _Partial | None = None,
+           overrides: Sequence[tuple[re.Pattern[str], str]] = (), has_gpu: bool = True) -> _Where:
+    """The one way to build a `_Where`: the device llama.cpp gives each loaded tensor, by the first
+    rule that applies:
+    1. `overrides` (`-ot`, and --cpu-moe / --n-cpu-moe, which llama.cpp turns into overrides):
+       (pattern, device) pairs, the first pattern that matches the name wins;
+    2. the input tensors (token embedding) stay on the CPU;
+    3. the expert placement the search works with: `gpu_experts` lists the layers whose routed
+       experts are on the GPU, the others' on the CPU (None: experts follow their layer), and
+       `partial` adds some expert tensors of one more layer;
+    4. the layer's device: the last n_gpu_layers - 1 layers and the output layer on the GPU."""
     ngl = min(max(n_gpu_layers, 0), m.n_layer_all + 1) if has_gpu else 0
     start = m.n_layer_all + 1 - ngl
-    cpu_layers = frozenset(cpu_expert_layers)
-    cpu_tensors = frozenset(cpu_expert_tensors)
+    gpu_layers = None if gpu_experts is None else frozenset(gpu_experts)
+    partial_layer, partial_gpu = (partial[0], frozenset(partial[1])) if partial is not None else (None, frozenset())
     devices: list[str | None] = []
     for t in m.tensors:
+        name = t.info.name
         if not t.loaded:
             devices.append(None)
+            continue
+        device = next((d for pattern, d in overrides if pattern.search(name)), None) if overrides else None
+        if device is not None:
+            devices.append(device)
         elif t.is_input:
             devices.append(CPU)
-        elif t.kind and (t.layer in cpu_layers or t.info.name in cpu_tensors):
+        elif (t.kind and gpu_layers is not None and t.layer not in gpu_layers
+              and not (t.layer == partial_layer and name in partial_gpu)):
             devices.append(CPU)
         else:
             layer = m.n_layer_all if t.layer is None else t.layer
@@ -52,23 +68,10 @@ def _where(m: _Model, n_gpu_layers: int, cpu_expert_layers: Iterable[int] = (), 
 
 
 def _where_from_params(m: _Model, params: LlamaParams, gpu: GpuFacts | None) -> _Where:
-    """llama.cpp's own rules, from the flags: overrides by regex (first match wins), then the
-    layer's device from -ngl."""
-    has_gpu = gpu is not None
+    """llama.cpp's placement for the flags: -ngl, and the overrides they amount to."""
     ngl = m.n_layer_all + 1 if params.n_gpu_layers < 0 else params.n_gpu_layers
-    base = _where(m, ngl, has_gpu=has_gpu)
-    overrides = [(re.compile(o.pattern), _buffer_device(o.buffer_type, gpu)) for o in params.overrides()]
-    if not overrides:
-        return base
-    devices = list(base.devices)
-    for i, t in enumerate(m.tensors):
-        if devices[i] is None:
-            continue
-        for pattern, device in overrides:
-            if pattern.search(t.info.name):
-                devices[i] = device
-                break
-    return _Where(tuple(devices), base.n_gpu_layers)
+    overrides = tuple((re.compile(o.pattern), _buffer_device(o.buffer_type, gpu)) for o in params.overrides())
+    return _where(m, ngl, overrides=overrides, has_gpu=gpu is not None)
 
 
 def _buffer_device(buffer_type: str, gpu: GpuFacts | None) -> str:
@@ -87,7 +90,7 @@ def _buffer_device(buffer_type: str, gpu: GpuFacts | None) -> str:
 
 
 def _params_for(m: _Model, setup: _Setup, n_gpu_layers: int, gpu_expert_layers: tuple[int, ...],
-                partial: tuple[int, tuple[str, ...]] | None, load_mode: str, threads: int) -> LlamaParams:
+                partial: _Partial | None, load_mode: str, threads: int) -> LlamaParams:
     """llama.cpp flags for: the first layers' experts on the CPU (--n-cpu-moe keeps llama.cpp's
     meaning: experts of layers 0..N-1), one partial layer as -ot overrides of its CPU tensors."""
     overrides: tuple[TensorOverride, ...] = ()

@@ -3,8 +3,9 @@ a machine; `evaluate` accounts for flags a user typed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import NoReturn
 
 from moecli.errors import BadInput, DoesNotFit
 from moecli.facts import KV_CELL_PAD, GpuFacts, MachineFacts, ModelFacts
@@ -236,6 +237,17 @@ def _largest(fits: Callable[[int], bool], low: int, high: int) -> int | None:
     return lo * KV_CELL_PAD
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One configuration the search tries: a setup, the -ngl values to try it with (most first),
+    and what taking the step gives up."""
+
+    setup: _Setup
+    ngls: tuple[int, ...]
+    gave_up: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
 class _Search:
     """The choices of `plan` for a machine with a GPU, step by step:
 
@@ -258,12 +270,9 @@ class _Search:
     def gpu_account(self, setup: _Setup, where: _Where) -> _Account:
         return _account(self.m, setup, where, self.gpu, self.budget, self.ram)
 
-    def base_where(self, ngl: int) -> _Where:
-        """Non-expert weights of the last ngl-1 layers and the output on the GPU, experts on the CPU."""
-        return _where(self.m, ngl, cpu_expert_layers=self.m.expert_layers)
-
     def fits(self, setup: _Setup, ngl: int) -> bool:
-        return self.gpu_account(setup, self.base_where(ngl)).fits_gpu
+        """Everything but the experts of the last ngl-1 layers and the output on the GPU fits."""
+        return self.gpu_account(setup, _where(self.m, ngl, gpu_experts=())).fits_gpu
 
     # -- steps
     def ladder(self, setup: _Setup) -> list[tuple[_Setup, str]]:
@@ -307,6 +316,40 @@ class _Search:
         limit = self.m.facts.n_ctx_train or DEFAULT_CTX
         return _largest(lambda c: self.fits(replace(setup, n_ctx=c), ngl), MIN_CTX, limit)
 
+    def steps(self, setup: _Setup) -> Iterator[_Step]:
+        """What the search tries, in order, each step giving up one more thing: the wish with every
+        layer on the GPU; `ladder`'s steps (MoE: every layer still on the GPU); the most layers
+        that fit below all of them; `rescue`'s steps with -ngl 0. Computed as the search reaches
+        them."""
+        m, w, top = self.m, self.wishes, self.all_layers
+        yield _Step(setup, (top,))
+        ladder = self.ladder(setup) if m.is_moe else []  # a dense model's CPU layers keep their KV in RAM
+        for candidate, line in ladder:
+            if w.n_ctx == "max":
+                candidate = replace(candidate, n_ctx=self.max_ctx(candidate, top) or MIN_CTX)
+            yield _Step(candidate, (top,), gave_up=(line,))
+        split = ladder[-1][0] if ladder else setup
+        notes: tuple[str, ...] = ()
+        if w.n_ctx == "max" and m.is_moe:
+            split = replace(split, n_ctx=_default_ctx(m))
+            notes = (f"the non-expert weights do not fit the GPU: --ctx max falls back to {split.n_ctx} "
+                     "tokens with a layer split",)
+        yield _Step(split, tuple(range(top - 1, -1, -1)), notes=notes)
+        rescue = self.ladder(split) if not m.is_moe else []
+        rescue += self.rescue(rescue[-1][0] if rescue else split)
+        for candidate, line in rescue:
+            yield _Step(candidate, (0,), gave_up=(line,))
+
+    def walk(self, setup: _Setup) -> tuple[list[_Step], int]:
+        """The steps up to the first that fits, and the -ngl it fits with; DoesNotFit when none does."""
+        taken = []
+        for step in self.steps(setup):
+            taken.append(step)
+            ngl = next((n for n in step.ngls if self.fits(step.setup, n)), None)
+            if ngl is not None:
+                return taken, ngl
+        self.does_not_fit(taken[-1].setup)
+
     def run(self, threads: int) -> Plan:
         m, w = self.m, self.wishes
         gave_up: list[str] = []
@@ -314,60 +357,31 @@ class _Search:
         start = _default_ctx(m) if w.n_ctx in (None, "max") else w.n_ctx
         setup = _base_setup(m, w, start)
         _check_types(m, setup.type_k, setup.type_v, setup.flash_attn)
-
-        ngl = self.all_layers
-        fill = True
         if w.n_ctx == "max":
             setup, ctx_note = self.choose_max_ctx(setup)
             gave_up += ctx_note
-            if not self.fits(setup, ngl) and not m.is_moe:
+            if not self.fits(setup, self.all_layers) and not m.is_moe:
                 setup = replace(setup, n_ctx=_default_ctx(m))
                 notes.append(f"the model does not fit the GPU whole: --ctx max falls back to {setup.n_ctx} tokens "
                              "with a layer split")
-        if not self.fits(setup, ngl):
-            fill = False
-            chosen = None
-            ladder = self.ladder(setup) if m.is_moe else []  # a dense model's CPU layers keep their KV in RAM
-            for candidate, line in ladder:
-                gave_up.append(line)
-                if w.n_ctx == "max":
-                    candidate = replace(candidate, n_ctx=self.max_ctx(candidate, ngl) or MIN_CTX)
-                if self.fits(candidate, ngl):
-                    chosen = candidate
-                    break
-            if chosen is not None:
-                setup = chosen
-            else:
-                if ladder:
-                    setup = ladder[-1][0]
-                if w.n_ctx == "max" and m.is_moe:
-                    setup = replace(setup, n_ctx=_default_ctx(m))
-                    notes.append(f"the non-expert weights do not fit the GPU: --ctx max falls back to {setup.n_ctx} "
-                                 "tokens with a layer split")
-                ngl = next((n for n in range(self.all_layers - 1, -1, -1) if self.fits(setup, n)), None)
-                if ngl is None:
-                    rescue = self.ladder(setup) if not m.is_moe else []
-                    rescue += self.rescue(rescue[-1][0] if rescue else setup)
-                    for candidate, line in rescue:
-                        gave_up.append(line)
-                        if self.fits(candidate, 0):
-                            ngl = 0
-                        setup = candidate
-                        if ngl is not None:
-                            break
-                if ngl is None:
-                    self.does_not_fit(setup)
-                gave_up.append(f"layers: {max(0, ngl - 1)} of {m.n_layer_all} layers on the GPU"
-                               f"{', with the output head' if ngl else ''} (-ngl {ngl}); the rest run on the CPU")
+
+        taken, ngl = self.walk(setup)
+        setup = taken[-1].setup
+        for step in taken:
+            gave_up += step.gave_up
+            notes += step.notes
+        if ngl < self.all_layers:
+            gave_up.append(f"layers: {max(0, ngl - 1)} of {m.n_layer_all} layers on the GPU"
+                           f"{', with the output head' if ngl else ''} (-ngl {ngl}); the rest run on the CPU")
 
         gpu_layers: tuple[int, ...] = ()
         partial = None
-        if m.is_moe and ngl == self.all_layers and fill:
+        if m.is_moe and len(taken) == 1:  # nothing given up: the rest of the budget holds experts
             gpu_layers, partial = self.fill_experts(setup)
         elif m.is_moe and ngl == self.all_layers:
             notes.append("no expert layers on the GPU: the memory freed by what was given up holds the non-expert "
                          "weights, not experts")
-        where = self.placed(ngl, gpu_layers, partial)
+        where = _where(m, ngl, gpu_experts=gpu_layers, partial=partial)
         acc = self.gpu_account(setup, where)
         assert acc.fits_gpu, "the search keeps to the budget"
 
@@ -402,18 +416,6 @@ class _Search:
                          f"(f16: {best or 0})"])
         return replace(setup, n_ctx=best or MIN_CTX), []
 
-    def placed(self, ngl: int, gpu_layers: tuple[int, ...], partial: tuple[int, tuple[str, ...]] | None) -> _Where:
-        m = self.m
-        cpu_layers = [layer for layer in m.expert_layers if layer not in gpu_layers]
-        if ngl < self.all_layers:
-            cpu_layers = list(m.expert_layers)
-        cpu_tensors: list[str] = []
-        if partial is not None:
-            layer, on_gpu = partial
-            cpu_layers.remove(layer)
-            cpu_tensors = [t.info.name for t in m.tensors if t.kind and t.layer == layer and t.info.name not in on_gpu]
-        return _where(m, ngl, cpu_expert_layers=cpu_layers, cpu_expert_tensors=cpu_tensors)
-
     def fill_experts(self, setup: _Setup) -> tuple[tuple[int, ...], tuple[int, tuple[str, ...]] | None]:
         """The most whole layers' experts that fit, counted from the last layer down (llama.cpp's
         --n-cpu-moe keeps a prefix of layers on the CPU), then the subset of the next layer's expert
@@ -426,7 +428,7 @@ class _Search:
         gpu_layers: tuple[int, ...] = ()
         for n_cpu in range(len(layers) + 1):
             trial = tuple(layers[n_cpu:])
-            if self.gpu_account(setup, self.placed(self.all_layers, trial, None)).fits_gpu:
+            if self.gpu_account(setup, _where(m, self.all_layers, gpu_experts=trial)).fits_gpu:
                 gpu_layers = trial
                 break
         remaining = [layer for layer in m.expert_layers if layer not in gpu_layers]
@@ -447,7 +449,7 @@ class _Search:
             subsets.append((-sum(t.info.n_bytes for k in chosen for t in by_kind[k]), len(chosen), names))
         for _, _, names in sorted(subsets):
             partial = (boundary, names)
-            if self.gpu_account(setup, self.placed(self.all_layers, gpu_layers, partial)).fits_gpu:
+            if self.gpu_account(setup, _where(m, self.all_layers, gpu_experts=gpu_layers, partial=partial)).fits_gpu:
                 return gpu_layers, partial
         return gpu_layers, None
 
@@ -467,8 +469,8 @@ class _Search:
         return "mmap", [f"mmap: loading into RAM needs {fmt_bytes(acc.cpu.total)} but about {fmt_bytes(acc.cpu.budget)} "
                         "is available"]
 
-    def does_not_fit(self, setup: _Setup) -> None:
-        acc = self.gpu_account(setup, self.base_where(0))
+    def does_not_fit(self, setup: _Setup) -> NoReturn:
+        acc = self.gpu_account(setup, _where(self.m, 0, gpu_experts=()))
         short = acc.gpu.total - acc.gpu.budget
         raise DoesNotFit(
             f"{self.m.facts.name} does not fit CUDA{self.gpu.index}: even with every layer on the CPU the GPU needs "
@@ -480,7 +482,7 @@ class _Search:
     def alternatives(self, setup: _Setup, ngl: int, gpu_layers, partial, params: LlamaParams, acc: _Account,
                      threads: int) -> list[Alternative]:
         m, out = self.m, []
-        decode = _decode(m, self.placed(ngl, gpu_layers, partial), self.machine, self.gpu, acc.copied).bound
+        decode = _decode(m, _where(m, ngl, gpu_experts=gpu_layers, partial=partial), self.machine, self.gpu, acc.copied).bound
 
         def alt(label: str, where: _Where, alt_params: LlamaParams, reason: str, alt_setup: _Setup = setup) -> None:
             a = self.gpu_account(alt_setup, where)
@@ -504,13 +506,13 @@ class _Search:
                     reason = "faster by the estimate, but chosen against: " + reason
                 out.append(Alternative(f"naive layer split -ngl {naive}", naive_params, a.gpu.total, bound, reason))
         if m.is_moe and gpu_layers:
-            alt("all experts on CPU (--cpu-moe)", self.base_where(self.all_layers),
+            alt("all experts on CPU (--cpu-moe)", _where(m, self.all_layers, gpu_experts=()),
                 params.with_(cpu_moe=True, n_cpu_moe=0, tensor_overrides=()),
                 "leaves GPU memory unused that could hold expert layers")
         if m.is_moe and ngl == self.all_layers and not all_on_gpu and self.wishes.n_ubatch is None:
             big = replace(setup, n_ubatch=2048, n_batch=max(setup.n_batch, 2048))
             if big.reserve_tokens > setup.reserve_tokens:
-                a = self.gpu_account(big, self.placed(ngl, gpu_layers, partial))
+                a = self.gpu_account(big, _where(m, ngl, gpu_experts=gpu_layers, partial=partial))
                 extra = a.gpu.total - acc.gpu.total
                 out.append(Alternative("-ub 2048", params.with_(n_ubatch=2048, n_batch=big.n_batch), a.gpu.total, decode,
                                        f"a larger micro-batch amortises expert copies on long prompts but needs "
