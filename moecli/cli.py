@@ -275,7 +275,7 @@ def plan(
                             "n_params": facts.n_params, "n_active_params": facts.n_active_params, "n_bytes": facts.n_bytes,
                             "n_layer": facts.n_layer, "n_expert": facts.n_expert, "n_expert_used": facts.n_expert_used,
                             "n_ctx_train": facts.n_ctx_train, "is_moe": facts.is_moe},
-                  "machine": machine, "plan": the_plan})
+                  "machine": machine, "plan": render.plan_json(the_plan)})
     else:
         render.plan_report(out, the_plan, facts, machine, path, hf=hf)
     if not the_plan.fits:
@@ -328,7 +328,7 @@ def run(
     located, facts, machine = _prepare_local(out, model, (profile, None, ram, cpu_only), flags)
     the_plan = _plan(facts, machine, wishes, flags)
     for warning in the_plan.warnings:
-        out.warn(warning)
+        out.warn(render.finding_text(warning))
     out.note(render.plan_summary(the_plan))
     engine = _load_engine(out, located.path, the_plan.params, verbose)
     with engine:
@@ -419,7 +419,7 @@ def bench(
         for name in left_out:
             out.note(f"not measured: {name} does not fit the GPU")
     for warning in the_plan.warnings:
-        out.warn(warning)
+        out.warn(render.finding_text(warning))
     out.note(render.plan_summary(the_plan))
     spec = benchmod.BenchSpec(n_prompt=n_prompt, n_gen=n_gen, n_depth=n_depth, reps=reps)
     vram_used = machinemod.vram_used_probe(machine.gpus[0].index) if machine.gpus else None

@@ -24,7 +24,27 @@ from moecli.planner.types import (
     MIN_CTX,
     RAM_RESERVE,
     Alternative,
+    CpuOnly,
+    CtxMaxFallsBack,
+    DenseModel,
+    Finding,
+    GaveUpCtx,
+    GaveUpKvQuant,
+    GaveUpLayers,
+    GaveUpUbatch,
+    GpuOverBudget,
+    Kind,
+    LoadIntoRam,
+    MmapExpertsSlowPrompt,
+    MmapRamShort,
+    MtpNotLoaded,
+    NoExpertsOnGpu,
+    NonExpertsOnCpu,
+    OneGpu,
     Plan,
+    RamLoadFails,
+    RamPages,
+    UbatchBelowOffload,
     Wishes,
 )
 from moecli.units import fmt_bytes
@@ -84,40 +104,35 @@ def _threads(machine: MachineFacts, wishes: Wishes) -> int:
     return wishes.threads or machine.physical_cores  # llama.cpp's default is the physical cores too
 
 
-def _ram_warnings(acc: _Account, load_mode: str) -> list[str]:
+def _ram_findings(m: _Model, setup: _Setup, where: _Where, acc: _Account, load_mode: str, gpu: GpuFacts | None,
+                  gpu_budget: int | None) -> list[Finding]:
+    """When the CPU side does not fit RAM: what happens (the load fails, or the OS pages weights from
+    disk)."""
     cpu = acc.cpu
     if cpu.budget is None or cpu.fits:
         return []
-    if load_mode == "none":
-        return [f"RAM is short: the CPU side needs {fmt_bytes(cpu.total)} but about {fmt_bytes(cpu.budget)} is "
-                "available: loading into RAM (-lm none) may fail or swap; use -lm mmap or more RAM"]
-    return [f"RAM is short: the weights kept on the CPU and their buffers need {fmt_bytes(cpu.total)} but about "
-            f"{fmt_bytes(cpu.budget)} is available: the OS will page weights from disk for every token and "
-            "speed will collapse"]
+    return [RamLoadFails(cpu.total, cpu.budget) if load_mode == "none" else RamPages(cpu.total, cpu.budget)]
 
 
 def _finish(m: _Model, machine: MachineFacts, gpu: GpuFacts | None, params: LlamaParams, setup: _Setup,
-            where: _Where, acc: _Account, *, warnings: Sequence[str], gave_up: Sequence[str] = (),
-            alternatives: Sequence[Alternative] = (), notes: Sequence[str] = ()) -> Plan:
+            where: _Where, acc: _Account, findings: Sequence[Finding], alternatives: Sequence[Alternative] = ()) -> Plan:
     placement, rows = _describe(m, where, gpu)
     devices = (acc.gpu, acc.cpu) if acc.gpu is not None else (acc.cpu,)
-    fits = acc.fits_gpu
     f = m.facts
-    all_notes = list(notes)
+    found = list(findings)
     if not m.is_moe:
-        all_notes.append("dense model: expert placement (--cpu-moe, --n-cpu-moe, expert -ot) does not apply; "
-                         "layers are split with -ngl")
+        found.append(DenseModel())
     if len(machine.gpus) > 1 and gpu is not None:
-        all_notes.append(f"planned for CUDA{gpu.index} alone: load with split mode none and main GPU {gpu.index} "
-                         "(llama.cpp otherwise spreads layers over every GPU)")
+        found.append(OneGpu(gpu.index))
     not_loaded = sum(t.info.n_bytes for t in m.tensors if not t.loaded)
     if not_loaded:
-        all_notes.append(f"{fmt_bytes(not_loaded)} of MTP/NextN layers are in the file but llama.cpp does not load them")
+        found.append(MtpNotLoaded(not_loaded))
+    order = (Kind.GAVE_UP, Kind.WARNING, Kind.NOTE)  # as a report reads them; each kind in the order found
     return Plan(
         model=f.name, arch=f.arch, machine=machine.source, is_moe=m.is_moe, params=params, devices=devices,
         placement=placement, tensors=rows, n_ctx=setup.cells, decode=_decode(m, where, machine, gpu, acc.copied),
-        fits=fits, warnings=tuple(warnings), gave_up=tuple(gave_up), alternatives=tuple(alternatives),
-        notes=tuple(all_notes), file_bytes=f.n_bytes, copied_bytes=acc.copied, not_loaded_bytes=not_loaded,
+        findings=tuple(sorted(found, key=lambda x: order.index(x.kind))), alternatives=tuple(alternatives),
+        file_bytes=f.n_bytes, copied_bytes=acc.copied, not_loaded_bytes=not_loaded,
     )
 
 
@@ -127,8 +142,8 @@ def _finish(m: _Model, machine: MachineFacts, gpu: GpuFacts | None, params: Llam
 
 def evaluate(model: ModelFacts, machine: MachineFacts, params: LlamaParams, wishes: Wishes = Wishes()) -> Plan:
     """Account for a configuration as given (`-ngl`, `--cpu-moe`, `--n-cpu-moe`, `-ot`, `-c`,
-    `-ctk/-ctv`, `-ub`, `-lm`): memory per device, decode estimate, and warnings where it does not
-    fit. Nothing is changed."""
+    `-ctk/-ctv`, `-ub`, `-lm`): memory per device, decode estimate, and findings where it does not
+    fit or will be slow. Nothing is changed."""
     m = _prepare(model)
     n_ctx = params.n_ctx or model.n_ctx_train or DEFAULT_CTX  # llama.cpp: 0 = the training context
     _check_ctx(model, n_ctx)
@@ -138,26 +153,19 @@ def evaluate(model: ModelFacts, machine: MachineFacts, params: LlamaParams, wish
     setup = _Setup(n_ctx, params.type_k, params.type_v, params.n_ubatch, params.n_batch, params.flash_attn)
     where = _where_from_params(m, params, gpu)
     acc = _account(m, setup, where, gpu, budget, _ram_budget(machine))
-    warnings = []
+    found: list[Finding] = []
     if acc.gpu is not None and not acc.gpu.fits:
-        warnings.append(f"does not fit: {acc.gpu.device} needs {fmt_bytes(acc.gpu.total)} but the budget is "
-                        f"{fmt_bytes(acc.gpu.budget)} (short by {fmt_bytes(-acc.gpu.free)}): llama.cpp will fail to "
-                        "allocate, or run out of memory at the first prompt")
+        found.append(GpuOverBudget(acc.gpu.device, acc.gpu.total, acc.gpu.budget))
     load_mode = params.load_mode if params.load_mode != "auto" else "mmap"
-    warnings += _ram_warnings(acc, load_mode)
-    # facts/gpu-build.md: host->device 55 GB/s from pinned memory, 8 GB/s from pageable; pp512 with
-    # all experts on the CPU 1131 t/s with -lm none, 220 t/s with mmap
+    found += _ram_findings(m, setup, where, acc, load_mode, gpu, budget)
     if gpu is not None and params.use_mmap and any(d == CPU and t.kind for t, d in zip(m.tensors, where.devices)):
-        warnings.append("expert weights on the CPU with mmap: prompt processing is ~5x slower than with -lm none "
-                        "(pageable memory is copied to the GPU at ~8 instead of ~55 GB/s)")
+        found.append(MmapExpertsSlowPrompt(planned=False))
     if params.n_ubatch < OP_OFFLOAD_MIN_BATCH and gpu is not None:
-        warnings.append(f"-ub {params.n_ubatch} is below {OP_OFFLOAD_MIN_BATCH}: CPU-resident weights are not copied to "
-                        "the GPU for prompts, which then run on the CPU")
+        found.append(UbatchBelowOffload(params.n_ubatch, OP_OFFLOAD_MIN_BATCH))
     if m.is_moe and gpu is not None and any(d == GPU for t, d in zip(m.tensors, where.devices) if t.kind) \
             and any(d == CPU for t, d in zip(m.tensors, where.devices) if not t.kind and not t.is_input and d):
-        warnings.append("some non-expert weights are on the CPU while experts are on the GPU: the GPU's memory "
-                        "does more for speed holding the non-expert weights, which every token reads")
-    return _finish(m, machine, gpu, params, setup, where, acc, warnings=warnings)
+        found.append(NonExpertsOnCpu())
+    return _finish(m, machine, gpu, params, setup, where, acc, found)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +214,6 @@ def _plan_cpu(m: _Model, machine: MachineFacts, wishes: Wishes, threads: int) ->
     setup = _base_setup(m, wishes, n_ctx)
     ram = _ram_budget(machine)
     where = _where(m, 0, has_gpu=False)
-    notes = ["no GPU: every tensor on the CPU"]
     if wishes.n_ctx == "max":
         limit = m.facts.n_ctx_train or DEFAULT_CTX
         best = _largest(lambda c: _account(m, replace(setup, n_ctx=c), where, None, None, ram).cpu.fits, MIN_CTX, limit)
@@ -216,8 +223,8 @@ def _plan_cpu(m: _Model, machine: MachineFacts, wishes: Wishes, threads: int) ->
     load_mode = wishes.load_mode or "mmap"  # no GPU copies to speed up; mmap shares the page cache
     params = _params_for(m, setup, 0, (), None, load_mode, threads)
     params = params.with_(cpu_moe=False, n_cpu_moe=0, tensor_overrides=())
-    warnings = _ram_warnings(acc, load_mode)
-    return _finish(m, machine, None, params, setup, where, acc, warnings=warnings, notes=notes)
+    found = [CpuOnly(), *_ram_findings(m, setup, where, acc, load_mode, None, None)]
+    return _finish(m, machine, None, params, setup, where, acc, found)
 
 
 def _largest(fits: Callable[[int], bool], low: int, high: int) -> int | None:
@@ -244,8 +251,7 @@ class _Step:
 
     setup: _Setup
     ngls: tuple[int, ...]
-    gave_up: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
 
 
 class _Search:
@@ -275,34 +281,36 @@ class _Search:
         return self.gpu_account(setup, _where(self.m, ngl, gpu_experts=())).fits_gpu
 
     # -- steps
-    def ladder(self, setup: _Setup) -> list[tuple[_Setup, str]]:
+    def ladder(self, setup: _Setup) -> list[tuple[_Setup, Finding]]:
         """What is given up before layers, cheapest first: KV precision (q8_0 is close to lossless),
         then the prompt micro-batch (its logits dominate the compute buffer)."""
         w, steps, s = self.wishes, [], setup
         if w.type_k is None and w.type_v is None and w.allow_kv_quant and self.kv_ok(KV_QUANT_LADDER[0]):
             s = replace(s, type_k=KV_QUANT_LADDER[0], type_v=KV_QUANT_LADDER[0], flash_attn=_flash_attn(w, KV_QUANT_LADDER[0]))
-            steps.append((s, f"KV cache precision: f16 -> {KV_QUANT_LADDER[0]}"))
+            steps.append((s, GaveUpKvQuant(setup.type_k, KV_QUANT_LADDER[0])))
         if w.n_ubatch is None and s.n_ubatch > 256:
-            s = replace(s, n_ubatch=256)
-            steps.append((s, "prompt micro-batch: -ub 256 (a smaller compute buffer, slower prompts)"))
+            steps.append((replace(s, n_ubatch=256), GaveUpUbatch(s.n_ubatch, 256)))
+            s = steps[-1][0]
         return steps
 
-    def rescue(self, setup: _Setup) -> list[tuple[_Setup, str]]:
+    def rescue(self, setup: _Setup) -> list[tuple[_Setup, Finding]]:
         """What is given up when not even -ngl 0 fits: context, then KV precision again, then the
         micro-batch down to the smallest the GPU still takes prompt work for."""
         w, steps, s = self.wishes, [], setup
         if not isinstance(w.n_ctx, int):
             while s.n_ctx // 2 >= MIN_CTX:
                 s = replace(s, n_ctx=s.n_ctx // 2)
-                steps.append((s, f"context: {setup.n_ctx} -> {s.n_ctx} tokens"))
+                steps.append((s, GaveUpCtx(setup.n_ctx, s.n_ctx)))
         if w.type_k is None and w.type_v is None and w.allow_kv_quant and self.kv_ok(KV_QUANT_LADDER[1]):
-            s = replace(s, type_k=KV_QUANT_LADDER[1], type_v=KV_QUANT_LADDER[1], flash_attn=_flash_attn(w, KV_QUANT_LADDER[1]))
-            steps.append((s, f"KV cache precision: -> {KV_QUANT_LADDER[1]}"))
+            steps.append((replace(s, type_k=KV_QUANT_LADDER[1], type_v=KV_QUANT_LADDER[1],
+                                  flash_attn=_flash_attn(w, KV_QUANT_LADDER[1])),
+                          GaveUpKvQuant(s.type_k, KV_QUANT_LADDER[1], rescue=True)))
+            s = steps[-1][0]
         if w.n_ubatch is None:
             for n in (128, 64, OP_OFFLOAD_MIN_BATCH):
                 if s.n_ubatch > n:
-                    s = replace(s, n_ubatch=n)
-                    steps.append((s, f"prompt micro-batch: -ub {n}"))
+                    steps.append((replace(s, n_ubatch=n), GaveUpUbatch(s.n_ubatch, n, rescue=True)))
+                    s = steps[-1][0]
         return steps
 
     def kv_ok(self, type_name: str) -> bool:
@@ -324,21 +332,20 @@ class _Search:
         m, w, top = self.m, self.wishes, self.all_layers
         yield _Step(setup, (top,))
         ladder = self.ladder(setup) if m.is_moe else []  # a dense model's CPU layers keep their KV in RAM
-        for candidate, line in ladder:
+        for candidate, finding in ladder:
             if w.n_ctx == "max":
                 candidate = replace(candidate, n_ctx=self.max_ctx(candidate, top) or MIN_CTX)
-            yield _Step(candidate, (top,), gave_up=(line,))
+            yield _Step(candidate, (top,), (finding,))
         split = ladder[-1][0] if ladder else setup
-        notes: tuple[str, ...] = ()
+        falls_back: tuple[Finding, ...] = ()
         if w.n_ctx == "max" and m.is_moe:
             split = replace(split, n_ctx=_default_ctx(m))
-            notes = (f"the non-expert weights do not fit the GPU: --ctx max falls back to {split.n_ctx} "
-                     "tokens with a layer split",)
-        yield _Step(split, tuple(range(top - 1, -1, -1)), notes=notes)
+            falls_back = (CtxMaxFallsBack(split.n_ctx, moe=True),)
+        yield _Step(split, tuple(range(top - 1, -1, -1)), falls_back)
         rescue = self.ladder(split) if not m.is_moe else []
         rescue += self.rescue(rescue[-1][0] if rescue else split)
-        for candidate, line in rescue:
-            yield _Step(candidate, (0,), gave_up=(line,))
+        for candidate, finding in rescue:
+            yield _Step(candidate, (0,), (finding,))
 
     def walk(self, setup: _Setup) -> tuple[list[_Step], int]:
         """The steps up to the first that fits, and the -ngl it fits with; DoesNotFit when none does."""
@@ -352,54 +359,46 @@ class _Search:
 
     def run(self, threads: int) -> Plan:
         m, w = self.m, self.wishes
-        gave_up: list[str] = []
-        notes: list[str] = []
+        found: list[Finding] = []
         start = _default_ctx(m) if w.n_ctx in (None, "max") else w.n_ctx
         setup = _base_setup(m, w, start)
         _check_types(m, setup.type_k, setup.type_v, setup.flash_attn)
         if w.n_ctx == "max":
-            setup, ctx_note = self.choose_max_ctx(setup)
-            gave_up += ctx_note
+            setup, quantized = self.choose_max_ctx(setup)
+            found += quantized
             if not self.fits(setup, self.all_layers) and not m.is_moe:
                 setup = replace(setup, n_ctx=_default_ctx(m))
-                notes.append(f"the model does not fit the GPU whole: --ctx max falls back to {setup.n_ctx} tokens "
-                             "with a layer split")
+                found.append(CtxMaxFallsBack(setup.n_ctx, moe=False))
 
         taken, ngl = self.walk(setup)
         setup = taken[-1].setup
-        for step in taken:
-            gave_up += step.gave_up
-            notes += step.notes
+        found += [f for step in taken for f in step.findings]
         if ngl < self.all_layers:
-            gave_up.append(f"layers: {max(0, ngl - 1)} of {m.n_layer_all} layers on the GPU"
-                           f"{', with the output head' if ngl else ''} (-ngl {ngl}); the rest run on the CPU")
+            found.append(GaveUpLayers(ngl, m.n_layer_all))
 
         gpu_layers: tuple[int, ...] = ()
         partial = None
         if m.is_moe and len(taken) == 1:  # nothing given up: the rest of the budget holds experts
             gpu_layers, partial = self.fill_experts(setup)
         elif m.is_moe and ngl == self.all_layers:
-            notes.append("no expert layers on the GPU: the memory freed by what was given up holds the non-expert "
-                         "weights, not experts")
+            found.append(NoExpertsOnGpu())
         where = _where(m, ngl, gpu_experts=gpu_layers, partial=partial)
         acc = self.gpu_account(setup, where)
         assert acc.fits_gpu, "the search keeps to the budget"
 
-        load_mode, load_notes = self.load_mode(setup, where)
-        notes += load_notes
+        load_mode, why = self.load_mode(setup, where)
+        found += why
         params = _params_for(m, setup, ngl, gpu_layers, partial, load_mode, threads)
         exact = _where_from_params(m, params, self.gpu)
         assert exact.devices == where.devices, "the flags express exactly the placement planned"
         acc = self.gpu_account(setup, exact)
-        warnings = _ram_warnings(acc, load_mode)
+        found += _ram_findings(m, setup, exact, acc, load_mode, self.gpu, self.budget)
         if load_mode == "mmap" and any(d == CPU and t.kind for t, d in zip(m.tensors, where.devices)):
-            warnings.append("expert weights on the CPU with mmap: prompt processing is ~5x slower than with -lm none "
-                            "(pageable memory is copied to the GPU more slowly); more free RAM would allow -lm none")
+            found.append(MmapExpertsSlowPrompt(planned=True))
         alternatives = self.alternatives(setup, ngl, gpu_layers, partial, params, acc, threads)
-        return _finish(m, self.machine, self.gpu, params, setup, exact, acc, warnings=warnings, gave_up=gave_up,
-                       alternatives=alternatives, notes=notes)
+        return _finish(m, self.machine, self.gpu, params, setup, exact, acc, found, alternatives)
 
-    def choose_max_ctx(self, setup: _Setup) -> tuple[_Setup, list[str]]:
+    def choose_max_ctx(self, setup: _Setup) -> tuple[_Setup, list[Finding]]:
         """--ctx max: the largest context up to the training context with the non-expert weights on
         the GPU; f16 KV unless only a quantized cache reaches further."""
         m, w = self.m, self.wishes
@@ -412,8 +411,7 @@ class _Search:
             best_q = self.max_ctx(quant, self.all_layers)
             if best_q and best_q > (best or 0):
                 return (replace(quant, n_ctx=best_q),
-                        [f"KV cache precision: f16 -> {KV_QUANT_LADDER[0]} to reach a {best_q}-token context "
-                         f"(f16: {best or 0})"])
+                        [GaveUpKvQuant(setup.type_k, KV_QUANT_LADDER[0], n_ctx=best_q, n_ctx_before=best or 0)])
         return replace(setup, n_ctx=best or MIN_CTX), []
 
     def fill_experts(self, setup: _Setup) -> tuple[tuple[int, ...], tuple[int, tuple[str, ...]] | None]:
@@ -453,7 +451,7 @@ class _Search:
                 return gpu_layers, partial
         return gpu_layers, None
 
-    def load_mode(self, setup: _Setup, where: _Where) -> tuple[str, list[str]]:
+    def load_mode(self, setup: _Setup, where: _Where) -> tuple[str, list[Finding]]:
         """Read into RAM (-lm none) when weights other than the embedding stay on the CPU and RAM
         holds them: the GPU then copies them for prompts from pinned memory, 4-5x faster
         (facts/gpu-build.md). Otherwise mmap."""
@@ -464,10 +462,8 @@ class _Search:
         if not cpu_weights:
             return "mmap", []
         if acc.cpu.fits:
-            return "none", ["load into RAM (-lm none): the GPU copies CPU-resident weights for prompts from pinned "
-                            "memory, ~5x faster prompt processing than with mmap"]  # facts/gpu-build.md
-        return "mmap", [f"mmap: loading into RAM needs {fmt_bytes(acc.cpu.total)} but about {fmt_bytes(acc.cpu.budget)} "
-                        "is available"]
+            return "none", [LoadIntoRam()]
+        return "mmap", [MmapRamShort(acc.cpu.total, acc.cpu.budget)]
 
     def does_not_fit(self, setup: _Setup) -> NoReturn:
         acc = self.gpu_account(setup, _where(self.m, 0, gpu_experts=()))

@@ -5,11 +5,12 @@ findings), and the defaults it starts from."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from enum import Enum
+from typing import ClassVar
 
 from moecli.errors import BadInput
-from moecli.params import CPU, EXPS_REGEX, KV_TYPES, LlamaParams
+from moecli.params import CPU, KV_TYPES, LlamaParams
 from moecli.units import GiB, MiB
 
 DEFAULT_CTX = 4096  # moecli's default context: llama.cpp's own fitter also keeps at least 4096 (--fit-ctx)
@@ -23,8 +24,6 @@ RAM_RESERVE = 1 * GiB  # RAM left to the OS beyond what psutil reports as availa
 KV_QUANT_LADDER = ("q8_0", "q4_0")  # what automatic KV quantization tries, in order
 
 GPU = "GPU"  # internal device tag; reports name the card "CUDA<index>" as llama.cpp does
-
-_EXPERT_KIND = re.compile(EXPS_REGEX)
 
 
 def parse_ctx(text: str) -> int | str:
@@ -131,19 +130,6 @@ class Placement:
     partial_cpu: tuple[str, ...]  # and on the CPU
     other_cpu: tuple[str, ...]  # non-expert tensors on the CPU besides the inputs (when layers are given up)
 
-    def lines(self) -> list[str]:
-        """A few lines for people."""
-        out = ["input: token embedding on CPU (llama.cpp never offloads it)"]
-        out.append(f"layers on GPU: {_ranges(self.gpu_layers) or 'none'} of 0-{self.n_layer - 1}; "
-                   f"output head on {'GPU' if self.output_on_gpu else 'CPU'}")
-        if self.expert_layers:
-            out.append(f"experts on GPU: layers {_ranges(self.expert_layers_gpu) or 'none'}")
-            out.append(f"experts on CPU: layers {_ranges(self.expert_layers_cpu) or 'none'}")
-            if self.partial_layer is not None:
-                out.append(f"layer {self.partial_layer} split: {', '.join(_kind(n) for n in self.partial_gpu)} on GPU, "
-                           f"{', '.join(_kind(n) for n in self.partial_cpu)} on CPU")
-        return out
-
 
 @dataclass(frozen=True)
 class DecodeEstimate:
@@ -169,6 +155,210 @@ class Alternative:
     reason: str
 
 
+# ---------------------------------------------------------------------------------------------
+# findings: what the planner found, as data (render.finding_text words them)
+
+
+class Kind(str, Enum):
+    GAVE_UP = "gave_up"  # what the plan gave up to fit (KV precision, micro-batch, context, layers)
+    WARNING = "warning"  # what will not work, or not well, as planned
+    NOTE = "note"  # why the plan is as it is
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing the planner found. A subclass per `code` (a short, stable string) carries the
+    figures as fields: bytes, counts, names. No words here: `moecli.render.finding_text` writes them."""
+
+    code: ClassVar[str]
+    kind: ClassVar[Kind]
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "kind": self.kind.value, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+
+# -- warnings
+
+
+@dataclass(frozen=True)
+class GpuOverBudget(Finding):
+    """The GPU needs more than its budget (flags accounted as given)."""
+
+    code: ClassVar[str] = "gpu_over_budget"
+    kind: ClassVar[Kind] = Kind.WARNING
+    device: str  # "CUDA0"
+    needed: int  # bytes
+    budget: int  # bytes
+
+
+@dataclass(frozen=True)
+class RamLoadFails(Finding):
+    """The CPU side does not fit RAM and the load mode reads the weights into it (-lm none)."""
+
+    code: ClassVar[str] = "ram_load_fails"
+    kind: ClassVar[Kind] = Kind.WARNING
+    needed: int  # bytes: the CPU side's total (weights, KV, recurrent state, compute buffers)
+    budget: int  # bytes: available RAM minus RAM_RESERVE
+
+
+@dataclass(frozen=True)
+class RamPages(Finding):
+    """The CPU side does not fit RAM and the weights are mapped: the OS pages them from disk."""
+
+    code: ClassVar[str] = "ram_pages"
+    kind: ClassVar[Kind] = Kind.WARNING
+    needed: int  # bytes, as in RamLoadFails
+    budget: int
+
+
+@dataclass(frozen=True)
+class MmapExpertsSlowPrompt(Finding):
+    """Expert weights on the CPU, loaded with mmap: the GPU copies them for prompts from pageable
+    memory, ~5x slower prompt processing than from -lm none's pinned buffers."""
+
+    code: ClassVar[str] = "mmap_experts_slow_prompt"
+    kind: ClassVar[Kind] = Kind.WARNING
+    planned: bool  # True: `plan` chose the configuration; False: flags accounted as given (`evaluate`)
+
+
+@dataclass(frozen=True)
+class UbatchBelowOffload(Finding):
+    """A micro-batch below ggml-cuda's offload threshold: prompts run on the CPU's weights there."""
+
+    code: ClassVar[str] = "ubatch_below_offload"
+    kind: ClassVar[Kind] = Kind.WARNING
+    n_ubatch: int
+    min_batch: int  # OP_OFFLOAD_MIN_BATCH
+
+
+@dataclass(frozen=True)
+class NonExpertsOnCpu(Finding):
+    """Some non-expert weights on the CPU while experts are on the GPU (flags as given)."""
+
+    code: ClassVar[str] = "non_experts_on_cpu"
+    kind: ClassVar[Kind] = Kind.WARNING
+
+
+# -- what was given up
+
+
+@dataclass(frozen=True)
+class GaveUpKvQuant(Finding):
+    """The KV cache quantized to fit (or, with --ctx max, to reach a longer context)."""
+
+    code: ClassVar[str] = "gave_up_kv_quant"
+    kind: ClassVar[Kind] = Kind.GAVE_UP
+    before: str  # the KV cache type given up ("f16")
+    after: str  # the type taken ("q8_0")
+    rescue: bool = False  # given up when not even -ngl 0 fitted
+    n_ctx: int | None = None  # --ctx max: the context `after` reaches ...
+    n_ctx_before: int | None = None  # ... and the one `before` reached
+
+
+@dataclass(frozen=True)
+class GaveUpUbatch(Finding):
+    """A smaller prompt micro-batch (-ub): a smaller compute buffer, slower prompts."""
+
+    code: ClassVar[str] = "gave_up_ubatch"
+    kind: ClassVar[Kind] = Kind.GAVE_UP
+    before: int
+    after: int
+    rescue: bool = False  # given up when not even -ngl 0 fitted
+
+
+@dataclass(frozen=True)
+class GaveUpCtx(Finding):
+    """A shorter context (given up when not even -ngl 0 fitted)."""
+
+    code: ClassVar[str] = "gave_up_ctx"
+    kind: ClassVar[Kind] = Kind.GAVE_UP
+    before: int  # tokens: the context the search started from
+    after: int  # tokens
+
+
+@dataclass(frozen=True)
+class GaveUpLayers(Finding):
+    """Layers left to the CPU: -ngl below all (n_gpu_layers counts the output layer)."""
+
+    code: ClassVar[str] = "gave_up_layers"
+    kind: ClassVar[Kind] = Kind.GAVE_UP
+    n_gpu_layers: int  # -ngl
+    n_layer: int  # repeating layers in all
+
+
+# -- notes
+
+
+@dataclass(frozen=True)
+class CtxMaxFallsBack(Finding):
+    """--ctx max fell back to the default context, with a layer split."""
+
+    code: ClassVar[str] = "ctx_max_falls_back"
+    kind: ClassVar[Kind] = Kind.NOTE
+    n_ctx: int  # tokens
+    moe: bool  # True: the non-expert weights did not fit the GPU; False: the (dense) model did not
+
+
+@dataclass(frozen=True)
+class NoExpertsOnGpu(Finding):
+    """Something was given up: the memory it freed holds non-expert weights, not experts."""
+
+    code: ClassVar[str] = "no_experts_on_gpu"
+    kind: ClassVar[Kind] = Kind.NOTE
+
+
+@dataclass(frozen=True)
+class LoadIntoRam(Finding):
+    """-lm none chosen: CPU-resident weights are copied for prompts from pinned memory."""
+
+    code: ClassVar[str] = "load_into_ram"
+    kind: ClassVar[Kind] = Kind.NOTE
+
+
+@dataclass(frozen=True)
+class MmapRamShort(Finding):
+    """mmap chosen because loading into RAM (-lm none) does not fit it."""
+
+    code: ClassVar[str] = "mmap_ram_short"
+    kind: ClassVar[Kind] = Kind.NOTE
+    needed: int  # bytes: the CPU side's total
+    budget: int  # bytes: the RAM budget
+
+
+@dataclass(frozen=True)
+class CpuOnly(Finding):
+    """No GPU: every tensor on the CPU."""
+
+    code: ClassVar[str] = "cpu_only"
+    kind: ClassVar[Kind] = Kind.NOTE
+
+
+@dataclass(frozen=True)
+class DenseModel(Finding):
+    """A dense model: expert placement does not apply, layers are split with -ngl."""
+
+    code: ClassVar[str] = "dense_model"
+    kind: ClassVar[Kind] = Kind.NOTE
+
+
+@dataclass(frozen=True)
+class OneGpu(Finding):
+    """Planned for one GPU of several: load with split mode none and this main GPU."""
+
+    code: ClassVar[str] = "one_gpu"
+    kind: ClassVar[Kind] = Kind.NOTE
+    gpu: int  # its index
+
+
+@dataclass(frozen=True)
+class MtpNotLoaded(Finding):
+    """MTP/NextN layers in the file that llama.cpp does not load."""
+
+    code: ClassVar[str] = "mtp_not_loaded"
+    kind: ClassVar[Kind] = Kind.NOTE
+    n_bytes: int
+
+
 @dataclass(frozen=True)
 class Plan:
     model: str
@@ -181,14 +371,27 @@ class Plan:
     tensors: tuple[TensorPlacement, ...]  # every tensor's device
     n_ctx: int  # the cells llama.cpp allocates (params.n_ctx padded to 256)
     decode: DecodeEstimate
-    fits: bool
-    warnings: tuple[str, ...] = ()
-    gave_up: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()  # what gave way, what to watch, what to know (render.finding_text words them)
     alternatives: tuple[Alternative, ...] = ()
-    notes: tuple[str, ...] = ()
     file_bytes: int = 0  # the tensor bytes in the file(s)
     copied_bytes: int = 0  # bytes llama.cpp holds twice (a tied output head on the GPU)
     not_loaded_bytes: int = 0  # bytes llama.cpp does not load (MTP layers)
+
+    @property
+    def fits(self) -> bool:
+        return all(d.fits for d in self.devices if d.device != CPU)
+
+    @property
+    def warnings(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.kind is Kind.WARNING)
+
+    @property
+    def gave_up(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.kind is Kind.GAVE_UP)
+
+    @property
+    def notes(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.kind is Kind.NOTE)
 
     @property
     def gpu(self) -> MemoryBreakdown | None:
@@ -212,28 +415,8 @@ class Plan:
             "devices": [d.to_dict() for d in self.devices],
             "placement": asdict(self.placement),
             "decode": asdict(self.decode),
-            "warnings": list(self.warnings), "gave_up": list(self.gave_up), "notes": list(self.notes),
+            "findings": [f.to_dict() for f in self.findings],
             "alternatives": [{**asdict(a), "params": a.params.to_llama_args()} for a in self.alternatives],
             "file_bytes": self.file_bytes, "copied_bytes": self.copied_bytes, "not_loaded_bytes": self.not_loaded_bytes,
             "tensors": [asdict(t) for t in self.tensors],
         }
-
-
-def _ranges(values: Iterable[int]) -> str:
-    values = sorted(values)
-    if not values:
-        return ""
-    parts, start, prev = [], values[0], values[0]
-    for v in values[1:]:
-        if v == prev + 1:
-            prev = v
-            continue
-        parts.append(f"{start}-{prev}" if prev > start else str(start))
-        start = prev = v
-    parts.append(f"{start}-{prev}" if prev > start else str(start))
-    return ", ".join(parts)
-
-
-def _kind(name: str) -> str:
-    match = _EXPERT_KIND.search(name)
-    return f"{match.group(1)}_exps" if match else name
