@@ -417,7 +417,7 @@ def bench(
     if sweep:
         configs, left_out = benchmod.sweep(the_plan, lambda p: planner.evaluate(facts, machine, p, wishes).fits, label)
         for name in left_out:
-            out.note(f"not measured: {name} does not fit the GPU")
+            out.note(f"not measured: {name} does not fit this machine")
     for warning in the_plan.warnings:
         out.warn(render.finding_text(warning))
     out.note(render.plan_summary(the_plan))

@@ -115,8 +115,6 @@ def fits_verdict(plan: planner.Plan) -> tuple[bool, str]:
     if not plan.fits:
         over = [d for d in plan.devices if not d.fits]
         return False, "; ".join(f"needs {_gib(d.total)} on {d.device}, has {_gib(d.budget or 0)}" for d in over) or "does not fit"
-    if any(w.code == "ram_pages" for w in plan.warnings):
-        return False, "the weights kept in RAM do not fit RAM: the OS would page from disk"
     gpu = plan.gpu
     where = f"{_gib(gpu.total)} of {_gib(gpu.budget or 0)} VRAM, " if gpu else ""
     return True, f"{where}{_gib(plan.cpu.total)} of RAM at {plan.params.n_ctx} tokens of context"

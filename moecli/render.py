@@ -21,7 +21,7 @@ from moecli.bench import BenchResult
 from moecli.facts import MachineFacts, ModelFacts
 from moecli.output import Output
 from moecli.params import EXPS_REGEX
-from moecli.planner import Finding, GaveUpKvQuant, Placement, Plan
+from moecli.planner import Finding, GaveUpKvQuant, Placement, Plan, RamWouldFit
 from moecli.units import fmt_bytes
 
 
@@ -55,6 +55,17 @@ def model_lines(model: ModelFacts) -> list[str]:
 # the planner's findings in words: one function per code, the figures from the finding's fields
 
 
+def _ram_would_fit(x: RamWouldFit) -> str:
+    ways = []
+    if x.n_ctx:
+        ways.append(f"a context of {x.n_ctx:,} tokens (-c {x.n_ctx})")
+    room = x.budget - (x.needed - x.weights)  # what the weights may take beside the rest of the CPU side
+    if x.weights and room > 0:
+        ways.append(f"a quant at most {100 * room // x.weights}% the size of this one")
+    ways.append(f"{fmt_bytes(x.needed - x.budget)} more free RAM")
+    return "would fit RAM with " + (", ".join(ways[:-1]) + " or " if len(ways) > 1 else "") + ways[-1]
+
+
 def _kv_quant(x: GaveUpKvQuant) -> str:
     if x.rescue:
         return f"KV cache precision: -> {x.after}"
@@ -71,6 +82,7 @@ _TEXT: dict[str, Callable] = {
     "ram_pages": lambda x: (f"RAM is short: the weights kept on the CPU and their buffers need {fmt_bytes(x.needed)} but "
                             f"about {fmt_bytes(x.budget)} is available: the OS will page weights from disk for every "
                             "token and speed will collapse"),
+    "ram_would_fit": _ram_would_fit,
     # host->device copies: ~55 GB/s from pinned memory, ~8 GB/s from pageable (measured on an H100
     # machine, see MmapExpertsSlowPrompt)
     "mmap_experts_slow_prompt": lambda x: ("expert weights on the CPU with mmap: prompt processing is ~5x slower than with "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 import time
@@ -20,9 +21,9 @@ from moecli.bench import neighbours
 from moecli.errors import BadInput, DoesNotFit, NotMoE
 from moecli.facts import GpuFacts, MachineFacts, Role
 from moecli.params import LlamaParams, TensorOverride
-from moecli.planner import Wishes, evaluate, plan
+from moecli.planner import MIN_CTX, Wishes, evaluate, plan
 from moecli.render import finding_text
-from moecli.units import GiB, MiB
+from moecli.units import GiB, MiB, fmt_bytes
 
 QWEN = qwen36_35b_a3b()
 HOST = MachineFacts((), 32 * GiB, 29 * GiB, 8, 51.2e9, source="test host")
@@ -376,6 +377,47 @@ def test_load_mode_follows_the_ram():
     assert any("mmap" in n for n in words(tight.notes)) and any("5x slower" in w for w in words(tight.warnings))
 
 
+def test_a_plan_fits_only_when_ram_holds_the_cpu_side_too():
+    """The verdict is the plan's own field, RAM included: `moecli plan demo --ram 1MiB` used to say
+    "Verdict: fits" (and exit 0) with -352 MiB of RAM free."""
+    from moecli import models
+    from moecli.output import Output
+    from moecli.render import plan_report
+
+    machine = machine_mod.apply_overrides(machine_mod.load_profile("gtx1060-6gb"), ram="1MiB")
+    p = plan(moe_model(), machine)
+    assert p.gpu.fits and not p.cpu.fits and p.cpu.free < 0
+    assert not p.fits
+    pages, advice = (f for f in p.warnings if f.code.startswith("ram_"))
+    assert pages.code == "ram_pages" and pages.needed == p.cpu.total and pages.budget == p.cpu.budget == 0
+    assert advice.code == "ram_would_fit" and advice.n_ctx is None  # no context fits 0 bytes
+    assert words([advice]) == [f"would fit RAM with {fmt_bytes(p.cpu.total)} more free RAM"]
+    ok, why = models.fits_verdict(p)
+    assert not ok and why.startswith("needs ") and "on CPU" in why
+    out = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    plan_report(out, p, moe_model(), machine, "moe.gguf")
+    assert "Verdict: DOES NOT FIT" in out.stdout.getvalue() and "RAM is short" in out.stdout.getvalue()
+    roomy = plan(moe_model(), machine_mod.load_profile("gtx1060-6gb"))
+    assert roomy.fits and not any(f.code.startswith("ram_") for f in roomy.findings)
+
+
+def test_what_would_fit_ram_says_which_context_and_how_small_a_quant():
+    machine = machine_mod.apply_overrides(HOST, ram="26GiB")  # CPU only: the KV cache lives in RAM
+    p = plan(QWEN, machine, Wishes(n_ctx=131072))
+    assert not p.fits and p.cpu.total > p.cpu.budget
+    advice = next(f for f in p.findings if f.code == "ram_would_fit")
+    assert advice.weights == p.cpu.weights == QWEN.n_bytes and advice.budget == p.cpu.budget
+    assert advice.n_ctx is not None and MIN_CTX <= advice.n_ctx < 131072
+    assert plan(QWEN, machine, Wishes(n_ctx=advice.n_ctx)).fits
+    assert not plan(QWEN, machine, Wishes(n_ctx=advice.n_ctx + 256)).fits
+    (text,) = words([advice])
+    assert text.startswith(f"would fit RAM with a context of {advice.n_ctx:,} tokens (-c {advice.n_ctx}), a quant at most ")
+    # with -lm none the load itself fails: the finding says so, and that -lm mmap would run
+    typed = evaluate(QWEN, machine, p.params.with_(load_mode="none"))
+    assert not typed.fits and [f.code for f in typed.warnings][:2] == ["ram_load_fails", "ram_would_fit"]
+    assert "use -lm mmap" in words(typed.warnings)[0]
+
+
 def test_findings_are_data_and_render_words_every_code():
     """Every kind of finding has a stable code, figures as fields and words in render; the plan's
     JSON carries the figures, the CLI's JSON (render.plan_json) the words as well."""
@@ -388,7 +430,7 @@ def test_findings_are_data_and_render_words_every_code():
         assert finding_text(finding) and finding.to_dict()["code"] == finding.code
         assert all(not isinstance(v, str) or " " not in v for v in finding.to_dict().values())  # no sentences
     assert codes == {  # stable: the JSON's readers depend on them
-        "gpu_over_budget", "ram_load_fails", "ram_pages", "mmap_experts_slow_prompt",
+        "gpu_over_budget", "ram_load_fails", "ram_pages", "ram_would_fit", "mmap_experts_slow_prompt",
         "ubatch_below_offload", "non_experts_on_cpu", "gave_up_kv_quant", "gave_up_ubatch", "gave_up_ctx",
         "gave_up_layers", "ctx_max_falls_back", "no_experts_on_gpu", "load_into_ram", "mmap_ram_short", "cpu_only",
         "dense_model", "one_gpu", "mtp_not_loaded"}

@@ -64,6 +64,7 @@ from moecli.planner.types import (
     Plan,
     RamLoadFails,
     RamPages,
+    RamWouldFit,
     TensorPlacement,
     UbatchBelowOffload,
     Wishes,
@@ -77,5 +78,5 @@ __all__ = [
     "KV_QUANT_LADDER", "Kind", "LoadIntoRam", "MATRIX_ROW_PADDING", "MIN_CTX", "MemoryBreakdown",
     "MmapExpertsSlowPrompt", "MmapRamShort", "MtpNotLoaded", "NoExpertsOnGpu", "NonExpertsOnCpu",
     "OFFLOAD_COPY_SLACK", "OP_OFFLOAD_MIN_BATCH", "OneGpu", "Placement", "Plan", "RAM_RESERVE", "RamLoadFails",
-    "RamPages", "TensorPlacement", "UbatchBelowOffload", "Wishes", "evaluate", "parse_ctx", "plan",
+    "RamPages", "RamWouldFit", "TensorPlacement", "UbatchBelowOffload", "Wishes", "evaluate", "parse_ctx", "plan",
 ]

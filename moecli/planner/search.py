@@ -44,6 +44,7 @@ from moecli.planner.types import (
     Plan,
     RamLoadFails,
     RamPages,
+    RamWouldFit,
     UbatchBelowOffload,
     Wishes,
 )
@@ -107,11 +108,14 @@ def _threads(machine: MachineFacts, wishes: Wishes) -> int:
 def _ram_findings(m: _Model, setup: _Setup, where: _Where, acc: _Account, load_mode: str, gpu: GpuFacts | None,
                   gpu_budget: int | None) -> list[Finding]:
     """When the CPU side does not fit RAM: what happens (the load fails, or the OS pages weights from
-    disk)."""
+    disk), and what would fit with the same placement."""
     cpu = acc.cpu
     if cpu.budget is None or cpu.fits:
         return []
-    return [RamLoadFails(cpu.total, cpu.budget) if load_mode == "none" else RamPages(cpu.total, cpu.budget)]
+    short = RamLoadFails(cpu.total, cpu.budget) if load_mode == "none" else RamPages(cpu.total, cpu.budget)
+    n_ctx = _largest(lambda c: _account(m, replace(setup, n_ctx=c), where, gpu, gpu_budget, cpu.budget).cpu.fits,
+                     MIN_CTX, setup.n_ctx)
+    return [short, RamWouldFit(cpu.total, cpu.budget, cpu.weights, n_ctx)]
 
 
 def _finish(m: _Model, machine: MachineFacts, gpu: GpuFacts | None, params: LlamaParams, setup: _Setup,

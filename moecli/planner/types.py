@@ -212,6 +212,19 @@ class RamPages(Finding):
 
 
 @dataclass(frozen=True)
+class RamWouldFit(Finding):
+    """What would fit RAM when the CPU side does not, with the same placement: a smaller context,
+    smaller weights (a smaller quant), or more RAM. Follows RamLoadFails or RamPages."""
+
+    code: ClassVar[str] = "ram_would_fit"
+    kind: ClassVar[Kind] = Kind.WARNING
+    needed: int  # bytes: the CPU side's total
+    budget: int  # bytes: the RAM budget
+    weights: int  # bytes of it that are weights (what a smaller quant shrinks)
+    n_ctx: int | None  # the largest context (at least MIN_CTX) with which the CPU side fits; None: none does
+
+
+@dataclass(frozen=True)
 class MmapExpertsSlowPrompt(Finding):
     """Expert weights on the CPU, loaded with mmap: the GPU copies them for prompts from pageable
     memory, ~5x slower prompt processing than from -lm none's pinned buffers."""
@@ -379,7 +392,10 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return all(d.fits for d in self.devices if d.device != CPU)
+        """The verdict: every device holds what the plan puts there, RAM included (weights kept in
+        RAM or mapped from the file, KV cache, recurrent state and compute buffers on the CPU,
+        against the RAM budget: what does not fit there is paged from disk, or fails to load)."""
+        return all(d.fits for d in self.devices)
 
     @property
     def warnings(self) -> tuple[Finding, ...]:
