@@ -45,9 +45,9 @@ def stdev(values: Sequence[float]) -> float:
 
 
 # Repetitions "agree" when every one is within this factor of their median. Runs on one machine
-# differ by a few percent to ~20 % (decode at ~60 tok/s varied by 2-12 tok/s between runs on the
-# team's H100 machine, facts/gpu-build.md); a repetition twice as slow or as fast as the median
-# means something else used the machine meanwhile.
+# differ by a few percent to ~20 % (decode at ~60 tok/s varied by 2-12 tok/s between llama-bench
+# runs on an H100 machine: the H100 runs described in moecli.planner); a repetition twice as slow
+# or as fast as the median means something else used the machine meanwhile.
 AGREE_FACTOR = 2.0
 
 

@@ -83,8 +83,7 @@ _TEXT: dict[str, Callable] = {
                             f"about {fmt_bytes(x.budget)} is available: the OS will page weights from disk for every "
                             "token and speed will collapse"),
     "ram_would_fit": _ram_would_fit,
-    # host->device copies: ~55 GB/s from pinned memory, ~8 GB/s from pageable (measured on an H100
-    # machine, see MmapExpertsSlowPrompt)
+    # the measured ~8 and ~55 GB/s: see moecli.planner.MmapExpertsSlowPrompt
     "mmap_experts_slow_prompt": lambda x: ("expert weights on the CPU with mmap: prompt processing is ~5x slower than with "
                                            "-lm none " + ("(pageable memory is copied to the GPU more slowly); more free "
                                                           "RAM would allow -lm none" if x.planned else

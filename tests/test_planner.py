@@ -113,7 +113,7 @@ def test_qwen_6gib_decode_estimate_says_what_it_rests_on(qwen_6gib):
 
 
 # ---------------------------------------------------------------------------------------------
-# against llama.cpp's own estimates on the team's H100 (facts/gpu-build.md, Qwen3.6 shapes, 19.7 GiB,
+# against llama.cpp's own estimates in the H100 runs (see moecli.planner; Qwen3.6 shapes, 19.7 GiB,
 # ctx 4096, ub 512, f16 KV): the plan's GPU total without the runtime's overhead must be at or a
 # little above llama.cpp's figure (safe side, within 64 MiB).
 

@@ -20,6 +20,13 @@ llama-cpp-python 0.3.36 vendors; each rule names the place in its source it repe
 - recurrent state: one f32 state per sequence per recurrent layer (src/llama-memory-recurrent.cpp:
   mem_size = max(1, n_seq_max), times 1 + n_rs_seq with n_rs_seq = 0 by default).
 - compute buffers: see `_compute`; the CUDA runtime's own memory: `GpuFacts.runtime_overhead`.
+
+Figures said to come from "the H100 runs" were measured in two sessions on an H100 80 GB machine
+(16 cores) with llama-bench -p 512 -n 128 -r 3 on the synthetic Qwen3.6-35B-A3B Q4_K_M file that
+`scripts/make_model.py` writes (19.7 GiB): peak GPU memory from nvidia-smi beside llama.cpp's own
+estimate at ctx 4096, prompt and decode speed per placement, host->device copy bandwidth.
+`scripts/gpu/compare.py` measures the same on a lent GPU. "CPU dry runs" are `moecli.engine.dry_run`
+(llama.cpp's no_alloc load, as its --fit does) of such files; tests/test_archs.py repeats them.
 """
 from moecli.planner.memory import (
     CUDA_ALIGNMENT,

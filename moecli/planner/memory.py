@@ -17,13 +17,13 @@ if TYPE_CHECKING:
     from moecli.planner.model import _Model
     from moecli.planner.placement import _Where
 
-# The CUDA runtime's own memory when nothing better is known: the team's H100 peaked 690-730 MiB
-# above llama.cpp's estimate (facts/gpu-build.md); consumer cards use less (machine.py profiles).
+# The CUDA runtime's own memory when nothing better is known: in the H100 runs (see moecli.planner)
+# the peak was 690-730 MiB above llama.cpp's estimate; consumer cards use less (machine.py profiles).
 DEFAULT_RUNTIME_OVERHEAD = 768 * MiB
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda: GGML_OP_OFFLOAD_MIN_BATCH default; smaller batches stay on the CPU
 CUDA_ALIGNMENT = 128  # ggml_backend_cuda_buffer_type_get_alignment
 MATRIX_ROW_PADDING = 512  # ggml-cuda common.cuh: quantized tensors get a padded last row
-# Calibration of the GPU compute buffer against the team's H100 figures (facts/gpu-build.md, see
+# Calibration of the GPU compute buffer against llama.cpp's estimates in the H100 runs (see
 # `_compute`): CUDA's buffer came out ~10 MiB above the CPU dry run of the same graph, and
 # configurations that copy CPU-resident weights to the GPU another 0-32 MiB above that.
 CUDA_COMPUTE_SLACK = 16 * MiB
@@ -163,8 +163,8 @@ def _compute(m: _Model, setup: _Setup, where: _Where, has_gpu: bool, largest_cpu
       with it and a quantized cache, the f16 copy of one layer's K/V that ggml-cuda makes), and,
       for batches >= 32 tokens, the copy of the CPU-resident weight the GPU multiplies with
       ("op offload"; the scheduler starts a new split for each such weight, so one at a time).
-    Calibration (CPU dry run of the Qwen3.6 shapes: 501.0 MiB; the team's H100 estimates at ctx
-    4096 / ub 512 imply 511 MiB all on GPU and 511-543 MiB with experts on the CPU):
+    Calibration (CPU dry run of the Qwen3.6 shapes: 501.0 MiB; llama.cpp's estimates in the H100
+    runs at ctx 4096 / ub 512 imply 511 MiB all on GPU and 511-543 MiB with experts on the CPU):
     GPU = max(tail, layer) + CUDA_COMPUTE_SLACK (+ OFFLOAD_COPY_SLACK when weights are copied).
     """
     n_tokens = setup.reserve_tokens

@@ -457,8 +457,8 @@ class _Search:
 
     def load_mode(self, setup: _Setup, where: _Where) -> tuple[str, list[Finding]]:
         """Read into RAM (-lm none) when weights other than the embedding stay on the CPU and RAM
-        holds them: the GPU then copies them for prompts from pinned memory, 4-5x faster
-        (facts/gpu-build.md). Otherwise mmap."""
+        holds them: the GPU then copies them for prompts from pinned memory, ~5x faster prompts
+        (see MmapExpertsSlowPrompt for the measured figures). Otherwise mmap."""
         if self.wishes.load_mode:
             return self.wishes.load_mode, []
         acc = self.gpu_account(setup, where)

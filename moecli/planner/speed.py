@@ -13,9 +13,12 @@ if TYPE_CHECKING:
     from moecli.planner.model import _Model
     from moecli.planner.placement import _Where
 
-# Decoding reaches 25-60 % of the memory-bandwidth bound on real systems
-# (facts/qwen36-35b-a3b.md); the team's H100 reached ~17 % (all on GPU) and ~25 % (hybrid)
-# because per-token overheads, not bytes, dominate on a card that fast (facts/gpu-build.md).
+# Decoding reaches 25-60 % of the memory-bandwidth bound on real systems: a rule of thumb from
+# community reports of llama.cpp on MoE models, e.g. GTX 1060 6 GB owners' ~17 tok/s with
+# Qwen3.6-35B-A3B Q4_K_M (--n-cpu-moe 35, --no-mmap, DDR4), about a third of this estimate's
+# ~47 tok/s bound for that machine (configs/machines/gtx1060-6gb.toml; tests/test_planner.py checks
+# the bound). The H100 runs (see moecli.planner) reached ~17 % all on the GPU and ~25 % hybrid: on
+# a card that fast per-token overheads, not bytes, dominate.
 EFFICIENCY = (0.25, 0.60)
 
 
@@ -51,7 +54,7 @@ def _decode(m: _Model, where: _Where, machine: MachineFacts, gpu: GpuFacts | Non
     seconds = sum(per_device[d] / bandwidth[d] for d in used)
     bound = 1.0 / seconds if seconds > 0 else None
     parts = ", ".join(f"{fmt_bytes(per_device[d])} from {names[d]} at {bandwidth[d] / 1e9:.0f} GB/s" for d in used)
-    # the efficiency range: facts/qwen36-35b-a3b.md; the H100's 17-25 %: facts/gpu-build.md
+    # the efficiency range and the H100's 17-25 %: see EFFICIENCY
     basis = (f"estimate: each token reads {parts} (routed experts: {f.n_expert_used} of {f.n_expert}; "
              "recurrent state read and written; KV reads of a short context ignored); "
              f"bound {bound:.0f} tok/s; real systems reach {EFFICIENCY[0]:.0%}-{EFFICIENCY[1]:.0%} of such a bound "
