@@ -13,14 +13,15 @@ import csv
 import io
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
+from moecli.errors import NotMoE
 from moecli.params import EXPS_REGEX, LlamaParams, TensorOverride
-from moecli.planner import Plan, neighbours
+from moecli.planner import Plan
 
 # llama-bench's own CSV/JSON field names, in its order, then ours.
 FIELDS = (
@@ -44,9 +45,9 @@ def stdev(values: Sequence[float]) -> float:
 
 
 # Repetitions "agree" when every one is within this factor of their median. Runs on one machine
-# differ by a few percent to ~20 % (decode at ~60 tok/s varied by 2-12 tok/s between runs on the
-# team's H100 machine, facts/gpu-build.md); a repetition twice as slow or as fast as the median
-# means something else used the machine meanwhile.
+# differ by a few percent to ~20 % (decode at ~60 tok/s varied by 2-12 tok/s between llama-bench
+# runs on an H100 machine: the H100 runs described in moecli.planner); a repetition twice as slow
+# or as fast as the median means something else used the machine meanwhile.
 AGREE_FACTOR = 2.0
 
 
@@ -169,9 +170,47 @@ class BenchSpec:
     reps: int = 5  # llama-bench -r
 
 
+def neighbours(plan: Plan, steps: Iterable[int] = (1, 2)) -> list[tuple[str, LlamaParams]]:
+    """Configurations around a plan, for benchmarking: the plan, +-k expert layers on the GPU, all
+    experts on the CPU, a naive layer split of the same VRAM, and the other load mode. The ones
+    with more on the GPU may not fit: evaluate them before loading."""
+    if not plan.is_moe:
+        raise NotMoE(f"{plan.model} is a dense model: the sweep moves experts, and it has none",
+                     "benchmark it with `moecli bench` without --sweep")
+    base = plan.params
+    layers = plan.placement.expert_layers
+    on_gpu = len(plan.placement.expert_layers_gpu)
+    out: list[tuple[str, LlamaParams]] = [("plan", base)]
+
+    def with_gpu_layers(count: int) -> LlamaParams:
+        if count <= 0:
+            return base.with_(cpu_moe=True, n_cpu_moe=0, tensor_overrides=())
+        return base.with_(cpu_moe=False, n_cpu_moe=layers[len(layers) - count], tensor_overrides=())
+
+    for k in steps:
+        for sign, word in ((1, "more"), (-1, "fewer")):
+            count = on_gpu + sign * k
+            if 0 <= count <= len(layers) and count != on_gpu:
+                p = with_gpu_layers(count)
+                flag = "--cpu-moe" if p.cpu_moe else f"--n-cpu-moe {p.n_cpu_moe}"
+                out.append((f"{k} {word} expert layer{'s' if k > 1 else ''} on GPU ({flag})", p))
+    out.append(("all experts on CPU (--cpu-moe)", with_gpu_layers(0)))
+    naive = next((a for a in plan.alternatives if a.label.startswith("naive")), None)
+    if naive is not None:
+        out.append((naive.label, naive.params))
+    other = "mmap" if base.load_mode == "none" else "none"
+    out.append((f"plan with -lm {other}", base.with_(load_mode=other)))
+    seen, unique = set(), []
+    for label, params in out:
+        if params not in seen:
+            seen.add(params)
+            unique.append((label, params))
+    return unique
+
+
 def sweep(plan: Plan, fits: Callable[[LlamaParams], bool],
           label: str = "plan") -> tuple[list[tuple[str, LlamaParams]], list[str]]:
-    """`moecli bench --sweep`: the plan (named `label`) and its neighbours (planner.neighbours: +-1-2
+    """`moecli bench --sweep`: the plan (named `label`) and its neighbours (`neighbours`: +-1-2
     expert layers on the GPU, all experts on the CPU, a naive layer split, the other load mode),
     keeping those that `fits(params)` accepts; also the labels of those left out. A configuration
     that does not fit is not loaded: on a GPU it would fail to allocate, or slow the machine down."""

@@ -179,7 +179,7 @@ def _show_plan_findings(out: Output, the_plan) -> None:
     from moecli import render
 
     for warning in the_plan.warnings:
-        out.warn(warning)
+        out.warn(render.finding_text(warning))
     out.note(render.plan_summary(the_plan))
 
 
@@ -212,7 +212,7 @@ def plan(
     if llama_args:
         out.raw(render.llama_command(the_plan, path, hf=hf))
     else:
-        out.result({"model": render.model_dict(facts), "machine": machine, "plan": the_plan},
+        out.result({"model": render.model_dict(facts), "machine": machine, "plan": render.plan_json(the_plan)},
                    human=lambda: render.plan_report(out, the_plan, facts, machine, path, hf=hf))
     if not the_plan.fits:
         raise typer.Exit(1)
@@ -323,7 +323,7 @@ def bench(
     located, facts, machine = _prepare_local(out, model, request)
     job = usecases.bench_job(facts, machine, request, spec, sweep=sweep, ctx_given=ctx_given)
     for name in job.left_out:
-        out.note(f"not measured: {name} does not fit the GPU")
+        out.note(f"not measured: {name} does not fit this machine")
     _show_plan_findings(out, job.plan)
     n = len(job.configs)
     done = usecases.run_bench(

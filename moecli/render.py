@@ -9,8 +9,9 @@ so that copying it from the terminal gives one line.
 
 from __future__ import annotations
 
+import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from rich.padding import Padding
 from rich.table import Table
@@ -19,7 +20,8 @@ from rich.text import Text
 from moecli.bench import BenchResult
 from moecli.facts import MachineFacts, ModelFacts
 from moecli.output import Output
-from moecli.planner import Plan
+from moecli.params import EXPS_REGEX
+from moecli.planner import Finding, GaveUpKvQuant, Placement, Plan, RamWouldFit
 from moecli.units import fmt_bytes
 
 
@@ -55,6 +57,129 @@ def model_dict(model: ModelFacts) -> dict:
             "n_params": model.n_params, "n_active_params": model.n_active_params, "n_bytes": model.n_bytes,
             "n_layer": model.n_layer, "n_expert": model.n_expert, "n_expert_used": model.n_expert_used,
             "n_ctx_train": model.n_ctx_train, "is_moe": model.is_moe}
+
+
+# ---------------------------------------------------------------------------------------------
+# the planner's findings in words: one function per code, the figures from the finding's fields
+
+
+def _ram_would_fit(x: RamWouldFit) -> str:
+    ways = []
+    if x.n_ctx:
+        ways.append(f"a context of {x.n_ctx:,} tokens (-c {x.n_ctx})")
+    room = x.budget - (x.needed - x.weights)  # what the weights may take beside the rest of the CPU side
+    if x.weights and room > 0:
+        ways.append(f"a quant at most {100 * room // x.weights}% the size of this one")
+    ways.append(f"{fmt_bytes(x.needed - x.budget)} more free RAM")
+    return "would fit RAM with " + (", ".join(ways[:-1]) + " or " if len(ways) > 1 else "") + ways[-1]
+
+
+def _kv_quant(x: GaveUpKvQuant) -> str:
+    if x.rescue:
+        return f"KV cache precision: -> {x.after}"
+    reach = f" to reach a {x.n_ctx}-token context ({x.before}: {x.n_ctx_before})" if x.n_ctx is not None else ""
+    return f"KV cache precision: {x.before} -> {x.after}{reach}"
+
+
+_TEXT: dict[str, Callable] = {
+    "gpu_over_budget": lambda x: (f"does not fit: {x.device} needs {fmt_bytes(x.needed)} but the budget is "
+                                  f"{fmt_bytes(x.budget)} (short by {fmt_bytes(x.needed - x.budget)}): llama.cpp will "
+                                  "fail to allocate, or run out of memory at the first prompt"),
+    "ram_load_fails": lambda x: (f"RAM is short: the CPU side needs {fmt_bytes(x.needed)} but about {fmt_bytes(x.budget)} "
+                                 "is available: loading into RAM (-lm none) may fail or swap; use -lm mmap or more RAM"),
+    "ram_pages": lambda x: (f"RAM is short: the weights kept on the CPU and their buffers need {fmt_bytes(x.needed)} but "
+                            f"about {fmt_bytes(x.budget)} is available: the OS will page weights from disk for every "
+                            "token and speed will collapse"),
+    "ram_would_fit": _ram_would_fit,
+    # the measured ~8 and ~55 GB/s: see moecli.planner.MmapExpertsSlowPrompt
+    "mmap_experts_slow_prompt": lambda x: ("expert weights on the CPU with mmap: prompt processing is ~5x slower than with "
+                                           "-lm none " + ("(pageable memory is copied to the GPU more slowly); more free "
+                                                          "RAM would allow -lm none" if x.planned else
+                                                          "(pageable memory is copied to the GPU at ~8 instead of ~55 GB/s)")),
+    "ubatch_below_offload": lambda x: (f"-ub {x.n_ubatch} is below {x.min_batch}: CPU-resident weights are not copied to "
+                                       "the GPU for prompts, which then run on the CPU"),
+    "non_experts_on_cpu": lambda x: ("some non-expert weights are on the CPU while experts are on the GPU: the GPU's memory "
+                                     "does more for speed holding the non-expert weights, which every token reads"),
+    "gave_up_kv_quant": _kv_quant,
+    "gave_up_ubatch": lambda x: (f"prompt micro-batch: -ub {x.after}"
+                                 + ("" if x.rescue else " (a smaller compute buffer, slower prompts)")),
+    "gave_up_ctx": lambda x: f"context: {x.before} -> {x.after} tokens",
+    "gave_up_layers": lambda x: (f"layers: {max(0, x.n_gpu_layers - 1)} of {x.n_layer} layers on the GPU"
+                                 f"{', with the output head' if x.n_gpu_layers else ''} (-ngl {x.n_gpu_layers}); the rest "
+                                 "run on the CPU"),
+    "ctx_max_falls_back": lambda x: (("the non-expert weights do not fit the GPU" if x.moe else
+                                      "the model does not fit the GPU whole")
+                                     + f": --ctx max falls back to {x.n_ctx} tokens with a layer split"),
+    "no_experts_on_gpu": lambda x: ("no expert layers on the GPU: the memory freed by what was given up holds the "
+                                    "non-expert weights, not experts"),
+    "load_into_ram": lambda x: ("load into RAM (-lm none): the GPU copies CPU-resident weights for prompts from pinned "
+                                "memory, ~5x faster prompt processing than with mmap"),
+    "mmap_ram_short": lambda x: (f"mmap: loading into RAM needs {fmt_bytes(x.needed)} but about {fmt_bytes(x.budget)} "
+                                 "is available"),
+    "cpu_only": lambda x: "no GPU: every tensor on the CPU",
+    "dense_model": lambda x: ("dense model: expert placement (--cpu-moe, --n-cpu-moe, expert -ot) does not apply; "
+                              "layers are split with -ngl"),
+    "one_gpu": lambda x: (f"planned for CUDA{x.gpu} alone: load with split mode none and main GPU {x.gpu} "
+                          "(llama.cpp otherwise spreads layers over every GPU)"),
+    "mtp_not_loaded": lambda x: f"{fmt_bytes(x.n_bytes)} of MTP/NextN layers are in the file but llama.cpp does not load them",
+}
+
+
+def finding_text(finding: Finding) -> str:
+    """A finding of the planner in words."""
+    return _TEXT[finding.code](finding)
+
+
+def plan_json(plan: Plan) -> dict:
+    """`moecli plan --json`'s plan: `Plan.to_dict()` (findings as code and figures) with each
+    finding's words, and the words of each kind as lists (`warnings`, `gave_up`, `notes`)."""
+    data = plan.to_dict()
+    data["findings"] = [{**d, "text": finding_text(x)} for d, x in zip(data["findings"], plan.findings)]
+    for key, items in (("warnings", plan.warnings), ("gave_up", plan.gave_up), ("notes", plan.notes)):
+        data[key] = [finding_text(x) for x in items]
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# plans
+
+
+def placement_lines(placement: Placement) -> list[str]:
+    """The compact picture of a placement, a few lines for people."""
+    p = placement
+    out = ["input: token embedding on CPU (llama.cpp never offloads it)"]
+    out.append(f"layers on GPU: {_ranges(p.gpu_layers) or 'none'} of 0-{p.n_layer - 1}; "
+               f"output head on {'GPU' if p.output_on_gpu else 'CPU'}")
+    if p.expert_layers:
+        out.append(f"experts on GPU: layers {_ranges(p.expert_layers_gpu) or 'none'}")
+        out.append(f"experts on CPU: layers {_ranges(p.expert_layers_cpu) or 'none'}")
+        if p.partial_layer is not None:
+            out.append(f"layer {p.partial_layer} split: {', '.join(_kind(n) for n in p.partial_gpu)} on GPU, "
+                       f"{', '.join(_kind(n) for n in p.partial_cpu)} on CPU")
+    return out
+
+
+def _ranges(values: Iterable[int]) -> str:
+    values = sorted(values)
+    if not values:
+        return ""
+    parts, start, prev = [], values[0], values[0]
+    for v in values[1:]:
+        if v == prev + 1:
+            prev = v
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+        start = prev = v
+    parts.append(f"{start}-{prev}" if prev > start else str(start))
+    return ", ".join(parts)
+
+
+_EXPERT_KIND = re.compile(EXPS_REGEX)
+
+
+def _kind(name: str) -> str:
+    match = _EXPERT_KIND.search(name)
+    return f"{match.group(1)}_exps" if match else name
 
 
 def decode_line(plan: Plan) -> str:
@@ -124,7 +249,7 @@ def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFact
     out.console.print(Padding(memory_table(out, plan), (0, 0, 0, 2), expand=False))
 
     _heading(out, "Placement")
-    for line in plan.placement.lines() if plan.gpu is not None else ["every tensor on the CPU (no GPU)"]:
+    for line in placement_lines(plan.placement) if plan.gpu is not None else ["every tensor on the CPU (no GPU)"]:
         _line(out, line)
     p = plan.params
     _heading(out, "Context")
@@ -140,7 +265,7 @@ def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFact
         if items:
             _heading(out, title)
             for item in items:
-                _item(out, item, style=style)
+                _item(out, finding_text(item), style=style)
     if plan.alternatives:
         _heading(out, "Alternatives considered")
         for a in plan.alternatives:

@@ -37,13 +37,27 @@ def _module_names() -> dict[str, Path]:
     return names
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node but those under `if TYPE_CHECKING:` (annotations only: never imported at run time)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = child.test if isinstance(child, ast.If) else None
+            if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Every moecli module `name` imports, anywhere in the file (lazy imports too). `from X import
+    """Every moecli module `name` imports at run time, anywhere in the file (lazy imports too). `from X import
     Y` counts Y when Y is a module; importing a.b.c also runs a.b's __init__ (unless the importer
     lives inside a.b)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _runtime_nodes(ast.parse(path.read_text())):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import re
 import time
@@ -15,11 +17,13 @@ from modelfacts import dense_model, moe_model, qwen36_35b_a3b
 
 from moecli import machine as machine_mod
 from moecli import planner
+from moecli.bench import neighbours
 from moecli.errors import BadInput, DoesNotFit, NotMoE
 from moecli.facts import GpuFacts, MachineFacts, Role
 from moecli.params import LlamaParams, TensorOverride
-from moecli.planner import Wishes, evaluate, neighbours, plan
-from moecli.units import GiB, MiB
+from moecli.planner import MIN_CTX, Wishes, evaluate, plan
+from moecli.render import finding_text
+from moecli.units import GiB, MiB, fmt_bytes
 
 QWEN = qwen36_35b_a3b()
 HOST = MachineFacts((), 32 * GiB, 29 * GiB, 8, 51.2e9, source="test host")
@@ -29,6 +33,11 @@ def with_gpu(vram: int, *, bandwidth: float | None = 360e9, overhead: int | None
              ram_bandwidth: float | None = 50e9, cores: int = 8) -> MachineFacts:
     return MachineFacts((GpuFacts(0, "Test GPU", vram, vram, bandwidth, overhead),), ram, int(ram * 0.9), cores,
                         ram_bandwidth, source="test")
+
+
+def words(findings) -> list[str]:
+    """Findings as people read them (the planner gives data; render writes the words)."""
+    return [finding_text(f) for f in findings]
 
 
 def device_of(p: planner.Plan, name: str) -> str | None:
@@ -104,7 +113,7 @@ def test_qwen_6gib_decode_estimate_says_what_it_rests_on(qwen_6gib):
 
 
 # ---------------------------------------------------------------------------------------------
-# against llama.cpp's own estimates on the team's H100 (facts/gpu-build.md, Qwen3.6 shapes, 19.7 GiB,
+# against llama.cpp's own estimates in the H100 runs (see moecli.planner; Qwen3.6 shapes, 19.7 GiB,
 # ctx 4096, ub 512, f16 KV): the plan's GPU total without the runtime's overhead must be at or a
 # little above llama.cpp's figure (safe side, within 64 MiB).
 
@@ -288,7 +297,7 @@ def test_ctx_max_reaches_the_training_context_when_it_fits():
 def test_ctx_max_quantizes_kv_only_to_reach_further():
     p = plan(QWEN, machine_mod.load_profile("gtx1060-6gb"), Wishes(n_ctx="max"))
     assert p.fits and p.params.type_k == "q8_0" and p.params.flash_attn == "on"
-    assert any("q8_0" in line for line in p.gave_up)
+    assert any("q8_0" in line for line in words(p.gave_up))
     assert p.params.n_ctx > 100_000
     f16 = plan(QWEN, machine_mod.load_profile("gtx1060-6gb"), Wishes(n_ctx="max", allow_kv_quant=False))
     assert f16.params.type_k == "f16" and f16.params.n_ctx < p.params.n_ctx
@@ -297,14 +306,14 @@ def test_ctx_max_quantizes_kv_only_to_reach_further():
 def test_no_kv_quantization_without_flash_attention():
     p = plan(QWEN, machine_mod.apply_overrides(HOST, vram="2.5GiB"), Wishes(flash_attn="off"))
     assert p.params.type_v == "f16" and p.params.flash_attn == "off"
-    assert not any("KV cache" in line for line in p.gave_up)
+    assert not any("KV cache" in line for line in words(p.gave_up))
 
 
 def test_gives_up_when_the_non_expert_weights_do_not_fit():
     p = plan(QWEN, machine_mod.apply_overrides(HOST, vram="2.5GiB"))
     assert p.fits and p.gpu.total <= p.gpu.budget
-    assert any(line.startswith("KV cache precision") for line in p.gave_up)
-    assert any(line.startswith("layers:") for line in p.gave_up)
+    assert any(line.startswith("KV cache precision") for line in words(p.gave_up))
+    assert any(line.startswith("layers:") for line in words(p.gave_up))
     assert p.params.cpu_moe and 0 < p.params.n_gpu_layers < 41
 
 
@@ -345,11 +354,11 @@ def test_dense_model_gets_a_layer_split():
     model = dense_model(n_layer=16, n_embd=1024, n_ff=4096, n_vocab=32000)
     whole = plan(model, with_gpu(8 * GiB))
     assert whole.params.n_gpu_layers == -1 and not whole.is_moe
-    assert any("dense model" in n for n in whole.notes)
+    assert any("dense model" in n for n in words(whole.notes))
     small = plan(model, with_gpu(800 * MiB, overhead=300 * MiB))
     assert small.fits and 0 < small.params.n_gpu_layers < 17 and not small.params.tensor_overrides
     assert not small.params.cpu_moe and small.params.n_cpu_moe == 0
-    assert any(line.startswith("layers:") for line in small.gave_up)
+    assert any(line.startswith("layers:") for line in words(small.gave_up))
 
 
 def test_cpu_only_machine():
@@ -357,7 +366,7 @@ def test_cpu_only_machine():
     assert p.gpu is None and p.params.n_gpu_layers == 0 and all(t.device == "CPU" for t in p.tensors)
     assert p.decode.bound == pytest.approx(51.2e9 / sum(b for _, b in p.decode.bytes_per_token))
     short = plan(QWEN, machine_mod.apply_overrides(HOST, ram="8GiB"))
-    assert any("page weights from disk" in w for w in short.warnings)
+    assert any("page weights from disk" in w for w in words(short.warnings))
 
 
 def test_load_mode_follows_the_ram():
@@ -365,7 +374,78 @@ def test_load_mode_follows_the_ram():
     assert roomy.params.load_mode == "none"
     tight = plan(QWEN, with_gpu(6 * GiB, ram=16 * GiB))
     assert tight.params.load_mode == "mmap"
-    assert any("mmap" in n for n in tight.notes) and any("5x slower" in w for w in tight.warnings)
+    assert any("mmap" in n for n in words(tight.notes)) and any("5x slower" in w for w in words(tight.warnings))
+
+
+def test_a_plan_fits_only_when_ram_holds_the_cpu_side_too():
+    """The verdict is the plan's own field, RAM included: `moecli plan demo --ram 1MiB` used to say
+    "Verdict: fits" (and exit 0) with -352 MiB of RAM free."""
+    from moecli import app
+    from moecli.output import Output
+    from moecli.render import plan_report
+
+    machine = machine_mod.apply_overrides(machine_mod.load_profile("gtx1060-6gb"), ram="1MiB")
+    p = plan(moe_model(), machine)
+    assert p.gpu.fits and not p.cpu.fits and p.cpu.free < 0
+    assert not p.fits
+    pages, advice = (f for f in p.warnings if f.code.startswith("ram_"))
+    assert pages.code == "ram_pages" and pages.needed == p.cpu.total and pages.budget == p.cpu.budget == 0
+    assert advice.code == "ram_would_fit" and advice.n_ctx is None  # no context fits 0 bytes
+    assert words([advice]) == [f"would fit RAM with {fmt_bytes(p.cpu.total)} more free RAM"]
+    v = app.verdict(p)
+    ok, why = v.fits, v.why
+    assert not ok and why.startswith("needs ") and "on CPU" in why
+    out = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    plan_report(out, p, moe_model(), machine, "moe.gguf")
+    assert "Verdict: DOES NOT FIT" in out.stdout.getvalue() and "RAM is short" in out.stdout.getvalue()
+    roomy = plan(moe_model(), machine_mod.load_profile("gtx1060-6gb"))
+    assert roomy.fits and not any(f.code.startswith("ram_") for f in roomy.findings)
+
+
+def test_what_would_fit_ram_says_which_context_and_how_small_a_quant():
+    machine = machine_mod.apply_overrides(HOST, ram="26GiB")  # CPU only: the KV cache lives in RAM
+    p = plan(QWEN, machine, Wishes(n_ctx=131072))
+    assert not p.fits and p.cpu.total > p.cpu.budget
+    advice = next(f for f in p.findings if f.code == "ram_would_fit")
+    assert advice.weights == p.cpu.weights == QWEN.n_bytes and advice.budget == p.cpu.budget
+    assert advice.n_ctx is not None and MIN_CTX <= advice.n_ctx < 131072
+    assert plan(QWEN, machine, Wishes(n_ctx=advice.n_ctx)).fits
+    assert not plan(QWEN, machine, Wishes(n_ctx=advice.n_ctx + 256)).fits
+    (text,) = words([advice])
+    assert text.startswith(f"would fit RAM with a context of {advice.n_ctx:,} tokens (-c {advice.n_ctx}), a quant at most ")
+    # with -lm none the load itself fails: the finding says so, and that -lm mmap would run
+    typed = evaluate(QWEN, machine, p.params.with_(load_mode="none"))
+    assert not typed.fits and [f.code for f in typed.warnings][:2] == ["ram_load_fails", "ram_would_fit"]
+    assert "use -lm mmap" in words(typed.warnings)[0]
+
+
+def test_findings_are_data_and_render_words_every_code():
+    """Every kind of finding has a stable code, figures as fields and words in render; the plan's
+    JSON carries the figures, the CLI's JSON (render.plan_json) the words as well."""
+    sample = {"int": 4096, "str": "q8_0", "bool": False, "int | None": None}
+    codes = set()
+    for cls in planner.Finding.__subclasses__():
+        finding = cls(**{f.name: sample[f.type] for f in dataclasses.fields(cls)})
+        assert finding.code not in codes and re.fullmatch(r"[a-z0-9_]+", finding.code)
+        codes.add(finding.code)
+        assert finding_text(finding) and finding.to_dict()["code"] == finding.code
+        assert all(not isinstance(v, str) or " " not in v for v in finding.to_dict().values())  # no sentences
+    assert codes == {  # stable: the JSON's readers depend on them
+        "gpu_over_budget", "ram_load_fails", "ram_pages", "ram_would_fit", "mmap_experts_slow_prompt",
+        "ubatch_below_offload", "non_experts_on_cpu", "gave_up_kv_quant", "gave_up_ubatch", "gave_up_ctx",
+        "gave_up_layers", "ctx_max_falls_back", "no_experts_on_gpu", "load_into_ram", "mmap_ram_short", "cpu_only",
+        "dense_model", "one_gpu", "mtp_not_loaded"}
+    p = plan(QWEN, machine_mod.apply_overrides(HOST, vram="2.5GiB"))
+    layers = next(f for f in p.gave_up if f.code == "gave_up_layers")
+    assert (layers.n_gpu_layers, layers.n_layer) == (p.params.n_gpu_layers, 40)
+    data = p.to_dict()
+    assert [f["code"] for f in data["findings"]] == [f.code for f in p.findings]
+    assert {"warnings", "gave_up", "notes"}.isdisjoint(data)
+    from moecli.render import plan_json
+
+    cli = plan_json(p)
+    assert cli["gave_up"] == words(p.gave_up) and cli["notes"] == words(p.notes) and cli["warnings"] == []
+    assert [f["text"] for f in cli["findings"]] == words(p.findings)
 
 
 def test_threads_are_the_physical_cores_unless_wished():
@@ -376,8 +456,8 @@ def test_threads_are_the_physical_cores_unless_wished():
 def test_evaluate_warns_when_flags_do_not_fit():
     p = evaluate(QWEN, machine_mod.load_profile("gtx1060-6gb"), LlamaParams(n_cpu_moe=20, load_mode="mmap"))
     assert not p.fits
-    assert any(w.startswith("does not fit") and "short by" in w for w in p.warnings)
-    assert any("5x slower" in w for w in p.warnings)
+    assert any(w.startswith("does not fit") and "short by" in w for w in words(p.warnings))
+    assert any("5x slower" in w for w in words(p.warnings))
 
 
 def test_alternatives_explain_the_choice():

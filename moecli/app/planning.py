@@ -134,8 +134,6 @@ def verdict(plan: planner.Plan) -> Verdict:
         over = [d for d in plan.devices if not d.fits]
         return Verdict(False, "; ".join(f"needs {_gib(d.total)} on {d.device}, has {_gib(d.budget or 0)}" for d in over)
                        or "does not fit")
-    if any("page" in w for w in plan.warnings):
-        return Verdict(False, "the weights kept in RAM do not fit RAM: the OS would page from disk")
     gpu = plan.gpu
     where = f"{_gib(gpu.total)} of {_gib(gpu.budget or 0)} VRAM, " if gpu else ""
     return Verdict(True, f"{where}{_gib(plan.cpu.total)} of RAM at {plan.params.n_ctx} tokens of context")
