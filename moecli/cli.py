@@ -370,17 +370,20 @@ def serve(
     out = _output(context)
     if ctx_checkpoints < 0 or cache_ram < 0 or checkpoint_min_step < 0:
         raise BadInput("--ctx-checkpoints, --cache-ram and --checkpoint-min-step must not be negative", "0 turns them off")
-    slots = usecases.Slots.resolve(parallel, kv_unified)
+    usecases.Slots.resolve(parallel, kv_unified)  # a bad -np is refused before the model is read
     located, facts, machine = _prepare_local(out, model, request)
-    job = usecases.serve_job(facts, machine, request, slots)
+    job = usecases.serve_job(facts, machine, request, parallel, kv_unified)
+    slots = job.slots
     _show_plan_findings(out, job.plan)
+    if job.note:
+        out.note(job.note)
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback and not api_key:
         out.warn(f"listening on {host} without --api-key: anyone who can reach this port can use the model")
-    per_slot = job.plan.params.n_ctx if slots.kv_unified else job.plan.params.n_ctx // slots.n
+    per_slot = job.n_ctx_slot
     shown = f"[{host}]" if ":" in host else host
 
     def ready(engine) -> None:

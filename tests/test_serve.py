@@ -377,3 +377,41 @@ def test_slot_choice_prefers_the_longest_shared_prefix():
     assert cache.choose([a, b, c], [7, 7, 7]) is c  # nothing shared: the slot unused longest
     assert common_prefix([1, 2, 3], [1, 2]) == 2
     assert isinstance(a, SlotCache)
+
+
+# --- the plan's slots ---------------------------------------------------------------------------------------
+def test_each_slot_costs_a_recurrent_state_and_divides_the_context():
+    from modelfacts import qwen36_35b_a3b
+
+    from moecli import machine as machine_mod
+    from moecli.planner import Wishes, plan
+
+    qwen = qwen36_35b_a3b()
+    gtx = machine_mod.load_profile("gtx1060-6gb")
+    one, four = plan(qwen, gtx, Wishes(n_ctx=4096)), plan(qwen, gtx, Wishes(n_ctx=4096, n_seq=4, kv_unified=True))
+    assert sum(d.recurrent for d in four.devices) == 4 * sum(d.recurrent for d in one.devices) == 4 * qwen.recurrent_state_bytes
+    assert four.n_ctx == one.n_ctx == 4096  # one KV cache shared: no more cells
+    split = plan(qwen, gtx, Wishes(n_ctx=4000, n_seq=3))
+    assert split.n_ctx == 3 * 1536  # llama_context: n_ctx padded to 256, then n_ctx / n_seq padded again
+
+
+def test_auto_slots_cost_no_expert_layer_on_the_gpu():
+    from modelfacts import qwen36_35b_a3b
+
+    from moecli import app as usecases
+    from moecli import machine as machine_mod
+
+    qwen = qwen36_35b_a3b()
+    gtx = machine_mod.load_profile("gtx1060-6gb")
+    request = usecases.Request.from_options(ctx="4096")
+    job = usecases.serve_job(qwen, gtx, request)
+    one = usecases.serve_job(qwen, gtx, request, 1)
+    assert 1 <= job.slots.n <= 4 and job.slots.kv_unified and job.note
+    assert job.plan.placement.expert_layers_gpu == one.plan.placement.expert_layers_gpu
+    assert job.plan.fits
+    four = usecases.serve_job(qwen, gtx, request, 4, True)
+    assert four.slots.n == 4 and "4 slots" in four.note
+    roomy = usecases.serve_job(qwen, machine_mod.apply_overrides(gtx, cpu_only=True, ram="64GiB"), request)
+    assert roomy.slots.n == 4  # no GPU to take expert layers from, RAM for every state
+    tight = usecases.serve_job(qwen, machine_mod.apply_overrides(gtx, cpu_only=True), request)
+    assert tight.plan.fits and tight.slots.n < 4  # 24 GiB of RAM: not for 4 states and the weights

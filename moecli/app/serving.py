@@ -4,7 +4,7 @@ calls plan_for and load_engine."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,15 +42,61 @@ class Slots:
 class ServeJob:
     plan: planner.Plan
     slots: Slots
+    note: str | None = None  # what the slots cost, and why auto chose that many
+
+    @property
+    def n_ctx_slot(self) -> int:
+        """The context one slot may hold (llama.cpp's n_ctx_seq)."""
+        return self.plan.n_ctx if self.slots.kv_unified else self.plan.n_ctx // self.slots.n
 
 
-def serve_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, slots: Slots) -> ServeJob:
-    """The plan the server loads (the same as `run`'s), and its slots."""
-    the_plan = plan_for(facts, machine_facts, request, planning=False)
-    if not slots.kv_unified and the_plan.params.n_ctx // slots.n < 2:
-        raise BadInput(f"-c {the_plan.params.n_ctx} divided among {slots.n} slots leaves no room",
+def _expert_layers_on_gpu(p: planner.Plan) -> tuple[int, int]:
+    return len(p.placement.expert_layers_gpu), len(p.placement.partial_gpu)
+
+
+def _with_slots(request: Request, slots: Slots) -> Request:
+    return replace(request, wishes=replace(request.wishes, n_seq=slots.n, kv_unified=slots.kv_unified))
+
+
+def serve_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, n_parallel: int = -1,
+              kv_unified: bool | None = None) -> ServeJob:
+    """The plan the server loads (the same as `run`'s, with a recurrent state per slot for hybrid
+    models, and -c shared or divided as llama-server does), and its slots. With -np auto: up to
+    llama-server's 4 slots, as many as cost no expert layer on the GPU (on a GPU a hybrid model's
+    slot costs a recurrent state there; a unified KV cache costs nothing per slot)."""
+    wanted = Slots.resolve(n_parallel, kv_unified)
+    if n_parallel != -1:
+        the_plan = plan_for(facts, machine_facts, _with_slots(request, wanted), planning=False)
+        job = ServeJob(the_plan, wanted, _cost_note(facts, wanted.n))
+    else:
+        one = plan_for(facts, machine_facts, _with_slots(request, Slots(1, wanted.kv_unified)), planning=False)
+        job = ServeJob(one, Slots(1, wanted.kv_unified))
+        for n in range(wanted.n, 1, -1):
+            slots = Slots(n, wanted.kv_unified)
+            candidate = plan_for(facts, machine_facts, _with_slots(request, slots), planning=False)
+            if candidate.fits and _expert_layers_on_gpu(candidate) >= _expert_layers_on_gpu(one):
+                job = ServeJob(candidate, slots, _cost_note(facts, n))
+                break
+        else:
+            if wanted.n > 1 and one.gpu is not None:
+                lost = _expert_layers_on_gpu(one)[0] - _expert_layers_on_gpu(
+                    plan_for(facts, machine_facts, _with_slots(request, Slots(2, wanted.kv_unified)), planning=False))[0]
+                job = replace(job, note=f"1 slot: a second one ({_cost_note(facts, 2, short=True)}) would move "
+                                        f"{max(lost, 1)} expert layer(s) off the GPU; give -np 2 to have it anyway")
+    if job.n_ctx_slot < 2:
+        raise BadInput(f"-c {job.plan.params.n_ctx} divided among {job.slots.n} slots leaves no room",
                        "give a larger -c, fewer slots (-np), or --kv-unified")
-    return ServeJob(the_plan, slots)
+    return job
+
+
+def _cost_note(facts: ModelFacts, n: int, short: bool = False) -> str | None:
+    """What each slot costs beyond the first: a recurrent state per sequence (hybrid models)."""
+    from moecli.units import fmt_bytes
+
+    if not facts.recurrent_state_bytes:
+        return None
+    each = f"a recurrent state of {fmt_bytes(facts.recurrent_state_bytes)} per slot"
+    return each if short else f"{n} slots: {each}, {fmt_bytes(facts.recurrent_state_bytes * n)} in all"
 
 
 def load_for_serving(path: Path, job: ServeJob, *, on_log: Callable[[str], None] | None = None) -> Engine:

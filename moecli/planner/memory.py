@@ -40,10 +40,18 @@ class _Setup:
     n_ubatch: int
     n_batch: int
     flash_attn: str  # "auto" | "on" | "off"
+    n_seq: int = 1  # n_seq_max: sequences (server slots)
+    kv_unified: bool = False
 
     @property
     def cells(self) -> int:
-        return -(-self.n_ctx // KV_CELL_PAD) * KV_CELL_PAD
+        """llama_context: n_ctx padded to 256; without a unified KV cache each of the n_seq streams
+        gets n_ctx / n_seq padded to 256 again, and n_ctx becomes that times n_seq."""
+        padded = -(-self.n_ctx // KV_CELL_PAD) * KV_CELL_PAD
+        if self.n_seq <= 1 or self.kv_unified:
+            return padded
+        per_seq = -(-(padded // self.n_seq) // KV_CELL_PAD) * KV_CELL_PAD
+        return per_seq * self.n_seq
 
     @property
     def batch(self) -> int:  # llama_context: with causal attention n_batch <= n_ctx
@@ -114,8 +122,8 @@ def _account(m: _Model, setup: _Setup, where: _Where, gpu: GpuFacts | None, gpu_
             fa_f16_scratch = max(fa_f16_scratch, layer_cells * 2 * (n_k * (setup.type_k != "f16")
                                                                      + n_v * (setup.type_v != "f16")))
     recurrent = {GPU: 0, CPU: 0}
-    for layer, size in m.recurrent_per_layer:
-        recurrent[GPU if has_gpu and where.layer_on_gpu(m, layer) else CPU] += size
+    for layer, size in m.recurrent_per_layer:  # one state per sequence (mem_size = max(1, n_seq_max))
+        recurrent[GPU if has_gpu and where.layer_on_gpu(m, layer) else CPU] += size * max(1, setup.n_seq)
 
     gpu_compute, cpu_compute = _compute(m, setup, where, has_gpu, largest_cpu, largest_cpu_kv, fa_f16_scratch)
 

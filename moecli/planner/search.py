@@ -154,7 +154,8 @@ def evaluate(model: ModelFacts, machine: MachineFacts, params: LlamaParams, wish
     _check_types(m, params.type_k, params.type_v, params.flash_attn)
     gpu = _pick_gpu(machine, replace(wishes, gpu=params.main_gpu) if machine.gpus else wishes)
     budget = _gpu_budget(gpu, wishes) if gpu is not None else None
-    setup = _Setup(n_ctx, params.type_k, params.type_v, params.n_ubatch, params.n_batch, params.flash_attn)
+    setup = _Setup(n_ctx, params.type_k, params.type_v, params.n_ubatch, params.n_batch, params.flash_attn,
+                   wishes.n_seq, wishes.kv_unified)
     where = _where_from_params(m, params, gpu)
     acc = _account(m, setup, where, gpu, budget, _ram_budget(machine))
     found: list[Finding] = []
@@ -199,7 +200,7 @@ def _base_setup(m: _Model, wishes: Wishes, n_ctx: int) -> _Setup:
     type_v = wishes.type_v or "f16"
     n_ubatch = wishes.n_ubatch or DEFAULT_UBATCH
     n_batch = max(wishes.n_batch or DEFAULT_BATCH, n_ubatch)
-    return _Setup(n_ctx, type_k, type_v, n_ubatch, n_batch, _flash_attn(wishes, type_v))
+    return _Setup(n_ctx, type_k, type_v, n_ubatch, n_batch, _flash_attn(wishes, type_v), wishes.n_seq, wishes.kv_unified)
 
 
 def _flash_attn(wishes: Wishes, type_v: str) -> str:

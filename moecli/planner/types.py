@@ -53,6 +53,8 @@ class Wishes:
     load_mode: str | None = None  # "mmap" | "none" | ... ; None = choose
     flash_attn: str | None = None  # None = "auto" ("on" where a quantized V cache needs it)
     gpu: int = 0  # which GPU to plan for
+    n_seq: int = 1  # sequences in the context (the server's -np slots): a recurrent state each
+    kv_unified: bool = False  # llama.cpp's -kvu: one KV cache for all sequences (else -c is divided among them)
 
     def __post_init__(self) -> None:
         if isinstance(self.n_ctx, str) and self.n_ctx != "max":
@@ -69,6 +71,8 @@ class Wishes:
             raise BadInput("batch sizes must be positive", "e.g. -ub 512 -b 2048")
         if self.threads is not None and self.threads < 1:
             raise BadInput(f"-t {self.threads} must be at least 1", "e.g. -t 4")
+        if self.n_seq < 1:
+            raise BadInput(f"{self.n_seq} slots: give at least 1", "e.g. -np 4")
         if self.load_mode is not None:
             LlamaParams(load_mode=self.load_mode)  # validates with llama.cpp's names
         if self.flash_attn is not None:
