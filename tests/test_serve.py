@@ -282,6 +282,26 @@ def test_the_api_key(tmp_path, home):
         s.stop()
 
 
+def test_a_request_llama_cpp_cannot_take_fails_alone(tmp_path, home):
+    """Two slots share a KV cache of 1024 cells: a second 600-token prompt beside a first one
+    makes llama_decode fail (no room). That request gets the error; the first one goes on."""
+    s = start(tmp_path, "-np", "2", "--kv-unified", "-c", "1024", home=home)
+    try:
+        long_prompt = "cat " * 600
+        first = s.client().completions.create(model="x", prompt=long_prompt, max_tokens=200, temperature=0,
+                                              stream=True, extra_body={"ignore_eos": True})
+        pieces = [next(first).choices[0].text for _ in range(3)]
+        with pytest.raises(openai.InternalServerError, match="no room"):
+            s.client().completions.create(model="x", prompt="dog " * 600, max_tokens=5)
+        rest = list(first)
+        assert rest[-1].choices[0].finish_reason == "length"
+        assert len(pieces) + sum(1 for ch in rest if ch.choices and ch.choices[0].text) > 100
+        assert raw(s, "GET", "/health")[0] == 200
+        assert s.client().completions.create(model="x", prompt="hello", max_tokens=3).usage.completion_tokens == 3
+    finally:
+        s.stop()
+
+
 # --- Qwen3.5: thinking, and the prompt cache over a conversation ------------------------------------------
 @pytest.fixture(scope="module")
 def qwen35(tmp_path_factory, home):

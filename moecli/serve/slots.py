@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 
 from moecli.engine import Engine, Sampling
 from moecli.engine.batch import Batcher, DecodeFailed, Part, Sampler
+from moecli.errors import EngineError
 from moecli.serve.cache import PromptCache, SlotCache
+
+
+class ContextFull(DecodeFailed):
+    def __init__(self, n_tokens: int) -> None:
+        EngineError.__init__(self, f"the KV cache has no room for this request ({n_tokens} tokens) beside the others "
+                                   "(llama_decode returned 1)", "give a larger -c, or fewer slots")
+        self.rc = 1
 
 
 @dataclass(frozen=True)
@@ -220,17 +228,47 @@ class Scheduler:
                 parts.append((a, Part(a.slot.seq_id, done, chunk, logits=end == len(a.job.tokens))))
                 budget -= len(chunk)
         try:
-            self.batcher.decode([p for _, p in parts])
+            self._decode([p for _, p in parts])
         except DecodeFailed as exc:
-            for a, _ in parts:
-                self._fail(a, exc)
+            if exc.rc != 1:  # a compute error: as llama-server, the sequences of the batch end
+                for a, _ in parts:
+                    self._fail(a, exc)
+                return
+            # no room in the KV cache, and nothing changed: each sequence alone, and only those that
+            # do not fit end (their request gets the error; the others go on)
+            for a, part in parts:
+                try:
+                    self.batcher.decode([part])
+                except DecodeFailed as alone:
+                    self._fail(a, alone if alone.rc != 1 else ContextFull(len(a.slot.tokens) + len(part.tokens)))
+                    continue
+                self._evaluated(a, part)
             return
         for a, part in parts:
-            a.slot.tokens.extend(part.tokens)
-            if a.next_token is None and len(a.slot.tokens) in a.breaks:
-                self.cache.checkpoint(self.batcher, a.slot)
-            if part.logits:
-                self._sampled(a, a.sampler.sample(self.batcher.ctx, part.index))
+            self._evaluated(a, part)
+
+    def _evaluated(self, a: _Active, part: Part) -> None:
+        """After the decode that held `part`: the cache grows, a checkpoint where due, a token drawn."""
+        a.slot.tokens.extend(part.tokens)
+        if a.next_token is None and len(a.slot.tokens) in a.breaks:
+            self.cache.checkpoint(self.batcher, a.slot)
+        if part.logits:
+            self._sampled(a, a.sampler.sample(self.batcher.ctx, part.index))
+
+    def _decode(self, parts: list[Part]) -> None:
+        """One llama_decode; when the KV cache has no room (llama_decode returns 1, nothing changed),
+        the caches of idle slots are dropped and it is tried once more (llama-server's
+        try_clear_idle_slots), as they share the cells of a unified KV cache."""
+        try:
+            self.batcher.decode(parts)
+        except DecodeFailed as exc:
+            busy = {a.slot.seq_id for a in self._active}
+            idle = [s for s in self.cache.slots if s.seq_id not in busy and s.tokens]
+            if exc.rc != 1 or not idle:
+                raise
+            for slot in idle:
+                self.cache.forget(self.batcher, slot)
+            self.batcher.decode(parts)
 
     def _sampled(self, a: _Active, token: int) -> None:
         now = time.perf_counter()
