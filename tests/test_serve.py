@@ -304,17 +304,22 @@ def test_a_request_llama_cpp_cannot_take_fails_alone(tmp_path, home):
 
 # --- Qwen3.5: thinking, and the prompt cache over a conversation ------------------------------------------
 @pytest.fixture(scope="module")
-def qwen35(tmp_path_factory, home):
+def qwen35_file(tmp_path_factory) -> Path:
     """The demo model with the Qwen3.5/3.6 chat template (its generation prompt opens <think>)."""
     from gguf import Keys
 
     from moecli import synth
 
-    tmp = tmp_path_factory.mktemp("qwen35")
     recipe = synth.demo_recipe()
     metadata = {**recipe.metadata, Keys.Tokenizer.CHAT_TEMPLATE: synth.chat_template("qwen3.5")}
-    path = synth.write_gguf(tmp / "demo-qwen35.gguf", recipe.arch, metadata, recipe.tensors, data=recipe.data)
-    s = start(tmp, "-np", "2", home=home, model=str(path))
+    return synth.write_gguf(tmp_path_factory.mktemp("qwen35") / "demo-qwen35.gguf", recipe.arch, metadata,
+                            recipe.tensors, data=recipe.data)
+
+
+@pytest.fixture(scope="module")
+def qwen35(tmp_path_factory, home, qwen35_file):
+    tmp = tmp_path_factory.mktemp("qwen35-serve")
+    s = start(tmp, "-np", "2", home=home, model=str(qwen35_file))
     yield s
     s.stop()
 
@@ -348,6 +353,22 @@ def test_a_three_turn_chat_reuses_the_earlier_turns(qwen35):
     assert cached[0] >= 0
     # each later turn reuses at least the previous prompt up to its last few tokens (the generation prompt)
     assert cached[1] >= prompts[0] - 5 > 0 and cached[2] >= prompts[1] - 5 > cached[1]
+
+
+def test_the_chat_of_moecli_run_keeps_checkpoints_too(qwen35_file):
+    """Engine.chat (what `moecli run` calls) on the hybrid demo with the Qwen3.5 template: the
+    later turns reuse the earlier ones through its state checkpoints."""
+    from moecli.engine import Engine, Sampling
+
+    with Engine(qwen35_file) as engine:
+        messages, cached = [{"role": "system", "content": "You like cats."}], []
+        for question in ("Hello there, who are you?", "Tell me about cats.", "And about dogs?"):
+            messages.append({"role": "user", "content": question})
+            text = "".join(engine.chat(messages, Sampling(temp=0, n_predict=12)))
+            cached.append((engine.last_timings.cache_n, engine.last_timings.prompt_n))
+            messages.append({"role": "assistant", "content": "<think>\n" + text})
+    assert cached[0][0] == 0
+    assert cached[1][0] >= cached[0][1] - 5 > 0 and cached[2][0] >= sum(cached[1]) - 5
 
 
 # --- stopping ------------------------------------------------------------------------------------------

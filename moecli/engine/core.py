@@ -212,6 +212,7 @@ class Engine:
         self.last_timings: Timings | None = None
         self.last_stop_reason: str | None = None  # "eog", "n_predict", "should_stop", "context_full"
         self._cached: list[int] = []  # the tokens in the KV cache, positions 0..n-1
+        self._checkpoints: list = []  # engine.state.Checkpoint of sequence 0 (recurrent models), ascending
         self._formatter = None
         self._eog: tuple[int, ...] | None = None
         self._one = (_llama.llama_token * 1)()  # reused by every single-token decode
@@ -361,6 +362,7 @@ class Engine:
         self._require_open()
         _llama.llama_memory_clear(self._memory, True)
         self._cached = []
+        self._checkpoints = []
 
     def _decode(self, tokens: Sequence[int], should_stop: Callable[[], bool] = lambda: False) -> bool:
         """Evaluate tokens at the end of the cached sequence, n_batch at a time; False when
@@ -391,10 +393,33 @@ class Engine:
             n += 1
         if n < len(self._cached):
             if not _llama.llama_memory_seq_rm(self._memory, 0, n, -1):
-                _llama.llama_memory_clear(self._memory, True)
-                n = 0
+                n = self._restore_checkpoint(n)
             del self._cached[n:]
+        self._checkpoints = [c for c in self._checkpoints if c.n_tokens <= n]
         return n
+
+    def _restore_checkpoint(self, n: int) -> int:
+        """The latest state checkpoint at or before n put back (the KV cut there); 0 and an empty
+        cache when there is none (the server's prompt cache does the same per slot: serve/cache.py)."""
+        from moecli.engine import state
+
+        for checkpoint in reversed(self._checkpoints):
+            if 0 < checkpoint.n_tokens <= n:
+                if state.restore(self._ctx, 0, checkpoint) and _llama.llama_memory_seq_rm(
+                        self._memory, 0, checkpoint.n_tokens, -1):
+                    return checkpoint.n_tokens
+                break
+        _llama.llama_memory_clear(self._memory, True)
+        self._checkpoints = []
+        return 0
+
+    def _checkpoint(self, keep: int = 8) -> None:
+        """A state checkpoint of what the cache holds now (recurrent and hybrid models only)."""
+        if self.is_recurrent and self._cached:
+            from moecli.engine import state
+
+            self._checkpoints = [c for c in self._checkpoints if c.n_tokens < len(self._cached)][-(keep - 1):]
+            self._checkpoints.append(state.save(self._ctx, 0, len(self._cached)))
 
     def _generate(self, tokens: list[int], sampling: Sampling, should_stop: Callable[[], bool] | None,
                   t_start: float) -> Iterator[str]:
@@ -416,7 +441,13 @@ class Engine:
         cache_n = self._reuse_prefix(tokens)
         prompt_n, prompt_ms, n_decoded, ttft_ms, chain = 0, 0.0, 0, 0.0, None
         try:
-            completed = self._decode(tokens[cache_n:], should_stop)
+            # the last 4 prompt tokens apart, as llama-server does, for a checkpoint before them: the
+            # next turn's prompt differs from this one inside the generation prompt (Qwen3 templates)
+            tail = 4 if self.is_recurrent and len(tokens) - cache_n > 4 else 0
+            completed = self._decode(tokens[cache_n:len(tokens) - tail], should_stop)
+            if completed and tail:
+                self._checkpoint()
+                completed = self._decode(tokens[len(tokens) - tail:], should_stop)
             prompt_n = len(self._cached) - cache_n
             _llama.llama_synchronize(ctx)
             perf = _llama.llama_perf_context(ctx)
@@ -459,6 +490,9 @@ class Engine:
         finally:
             if chain is not None:
                 _llama.llama_sampler_free(chain)
+            if self._ctx and n_decoded:
+                with contextlib.suppress(EngineError):
+                    self._checkpoint()  # the reply's end: where the next turn may start
             if self._ctx:
                 _llama.llama_synchronize(ctx)
                 perf = _llama.llama_perf_context(ctx)
@@ -499,6 +533,7 @@ class Engine:
             _llama_attach_threadpool(self._ctx, pool, pool)
         _llama.llama_memory_clear(self._memory, False)
         self._cached = []
+        self._checkpoints = []
         try:
             yield self._ctx
         finally:
@@ -508,6 +543,7 @@ class Engine:
                                          self._threadpools[self.n_threads_batch])
             _llama.llama_memory_clear(self._memory, False)
             self._cached = []
+            self._checkpoints = []
 
     def bench_warmup(self, n_prompt: int, n_gen: int) -> None:
         """llama-bench's warm-up before a test: the whole prompt test once, then one generated token."""
