@@ -77,7 +77,7 @@ def _guard(app, state: ServerState):
         if scope["type"] != "http":
             return await app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if state.api_key and scope["path"] != "/health":
+        if state.api_key and scope["path"] not in ("/health", "/v1/health"):  # llama-server's public ones
             auth = headers.get(b"authorization", b"").decode("latin-1")
             given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
             if not hmac.compare_digest(given.encode(), state.api_key.encode()):
@@ -143,6 +143,7 @@ def create_app(state: ServerState):
         return state.scheduler
 
     @api.get("/health")
+    @api.get("/v1/health")
     async def health():
         if state.scheduler is None:
             return JSONResponse(LOADING.body(), status_code=503)

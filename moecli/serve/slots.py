@@ -158,7 +158,11 @@ class Scheduler:
                 self._take_inbox(block=not self._active and not self._waiting)
                 self._admit()
                 if self._active:
-                    self._step()
+                    try:
+                        self._step()
+                    except Exception as exc:  # noqa: BLE001 - a bug or a llama.cpp failure: those requests end
+                        for a in list(self._active):
+                            self._fail(a, exc)
         finally:
             for a in list(self._active):
                 self._finish(a, "stop")
@@ -310,7 +314,10 @@ class Scheduler:
         a.job.emit("done", self._stats(a, reason))
 
     def _fail(self, a: _Active, exc: Exception) -> None:
-        self._active.remove(a)
+        if a in self._active:
+            self._active.remove(a)
         a.sampler.close()
-        self.cache.forget(self.batcher, a.slot)
-        a.job.emit("error", exc)
+        try:
+            self.cache.forget(self.batcher, a.slot)
+        finally:
+            a.job.emit("error", exc)
