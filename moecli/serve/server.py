@@ -10,6 +10,8 @@ Ctrl-C / SIGTERM: the scheduler ends every job (streams finish), then uvicorn st
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hmac
 import json
 import secrets
@@ -43,8 +45,38 @@ class ServerState:
     scheduler: Scheduler | None = None
     load_error: BaseException | None = None
     stopping: bool = False
+    dispatcher: _Dispatcher | None = None
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
     created: int = field(default_factory=lambda: int(time.time()))
+
+
+class _Dispatcher:
+    """Events from the worker thread to the event loop, with one wake-up of the loop for all that
+    arrived meanwhile (one per decode step, not one per token per request): every wake-up costs
+    the worker and llama.cpp's threads CPU time on a small machine."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._pending: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def emitter(self, queue: asyncio.Queue) -> Callable[[str, object], None]:
+        def emit(kind: str, value: object) -> None:
+            with self._lock:
+                self._pending.append((queue, (kind, value)))
+                if self._scheduled:
+                    return
+                self._scheduled = True
+            self.loop.call_soon_threadsafe(self._drain)
+        return emit
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, collections.deque()
+            self._scheduled = False
+        for queue, event in items:
+            queue.put_nowait(event)
 
 
 # --- ASGI middleware: body size and API key -------------------------------------------------------
@@ -197,10 +229,10 @@ def create_app(state: ServerState):
         if len(tokens) >= scheduler.n_ctx_slot:
             raise too_long(len(tokens), scheduler.n_ctx_slot)
         sampling, n_predict = _sampling(engine, body, chat)
-        loop = asyncio.get_running_loop()
+        if state.dispatcher is None:
+            state.dispatcher = _Dispatcher(asyncio.get_running_loop())
         events: asyncio.Queue = asyncio.Queue()
-        job = Job(tokens, sampling, lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value)),
-                  stop=body.stops(), n_predict=n_predict)
+        job = Job(tokens, sampling, state.dispatcher.emitter(events), stop=body.stops(), n_predict=n_predict)
         scheduler.submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         path = request.url.path
@@ -376,6 +408,8 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
             if state.stopping:
                 engine.close()
                 return
+            with contextlib.suppress(MoecliError):  # the template is compiled here, not in a handler
+                engine.render_chat([{"role": "user", "content": "hi"}])
             state.engine = engine
             state.scheduler = Scheduler(engine, **(scheduler_options or {}))
             if on_ready:
