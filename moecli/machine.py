@@ -33,8 +33,8 @@ OS_RAM_SHARE = 0.10
 # The CUDA primary context costs ~2.9 MiB per streaming multiprocessor: 107 MiB on an RTX 4060 Ti
 # (34 SMs), 555 MiB on an RTX PRO 6000 (188 SMs) (llama.cpp PR #23604; PR #20595 quotes 120-550 MB
 # "depending on GPU"). On top of it come cuBLAS/MMQ workspaces and llama.cpp's CUDA memory pool:
-# on the team's H100 (132 SMs) the peak was 690-730 MiB above llama.cpp's own estimate
-# (facts/gpu-build.md), i.e. ~310 MiB beyond the context at n_ubatch 512.
+# on an H100 (132 SMs) the peak was 690-730 MiB above llama.cpp's own estimate (the H100 runs
+# described in moecli/planner/__init__.py), i.e. ~310 MiB beyond the context at n_ubatch 512.
 _CONTEXT_PER_SM = 2.9 * MiB
 _CONTEXT_BASE = 8 * MiB
 _WORKSPACES = 320 * MiB

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moecli import bench as benchmod
 from moecli import machine, planner
 from moecli.errors import BadInput, EngineError, NotMoE
 from moecli.facts import MachineFacts, ModelFacts
@@ -19,6 +18,7 @@ from moecli.params import LlamaParams
 from .planning import Request, plan_for
 
 if TYPE_CHECKING:
+    from moecli import bench as benchmod
     from moecli.engine import Engine
 
 
@@ -102,6 +102,8 @@ def bench_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, 
     label = "plan" if request.flags is None else "your flags"
     if not sweep:
         return BenchJob(the_plan, ((label, the_plan.params),))
+    from moecli import bench as benchmod  # psutil: only for a bench, not for every use of the app layer
+
     configs, left_out = benchmod.sweep(
         the_plan, lambda p: planner.evaluate(facts, machine_facts, p, request.wishes).fits, label)
     return BenchJob(the_plan, tuple(configs), tuple(left_out))
@@ -122,6 +124,7 @@ def run_bench(path: Path, job: BenchJob, spec: benchmod.BenchSpec, machine_facts
     (a spinner) that is held while that configuration loads and runs."""
     from contextlib import nullcontext
 
+    from moecli import bench as benchmod
     from moecli.engine import Engine
 
     vram_used = machine.vram_used_probe(machine_facts.gpus[0].index) if machine_facts.gpus else None
