@@ -92,7 +92,7 @@ def test_messages_reach_the_template_in_its_shape():
 
 # --- built-in templates ---------------------------------------------------------------------------
 def test_the_builtin_names_are_llama_cpps():
-    from moecli.templates.builtin import builtin_names_from_llama_cpp
+    from moecli.templates.llamachat import builtin_names_from_llama_cpp
 
     assert sorted(builtin_names_from_llama_cpp()) == sorted(BUILTIN_NAMES)
 
@@ -341,3 +341,98 @@ def test_content_streams_before_the_call_is_complete():
 def test_tool_choice_none_keeps_calls_as_text():
     text = '<tool_call>\n{"name": "special_function", "arguments": {"arg1": 1}}\n</tool_call>'
     assert parse_output(_format("Qwen-Qwen2.5-7B-Instruct.jinja"), text, parse_tools=False).content == text
+
+
+# --- structured output ---------------------------------------------------------------------------
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "tags"],
+          "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"},
+                         "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+                         "when": {"type": "string", "format": "date"}}}
+
+
+def test_unsupported_schema_features_are_named():
+    from moecli.templates.grammar import SchemaError, json_schema_grammar, response_format_grammar
+
+    with pytest.raises(SchemaError) as err:
+        json_schema_grammar({"type": "object", "properties": {"n": {"type": "integer", "minimum": 0},
+                                                              "e": {"type": "string", "format": "email"}},
+                             "not": {"required": ["x"]}})
+    assert "not at /" in err.value.message and "minimum at /properties/n" in err.value.message
+    assert "format 'email' at /properties/e" in err.value.message and isinstance(err.value, MoecliError)
+    with pytest.raises(SchemaError, match="only local references"):
+        response_format_grammar({"type": "json_schema", "json_schema": {"schema": {"$ref": "https://x/y.json"}}})
+    assert response_format_grammar({"type": "text"}) is None and response_format_grammar(None) is None
+    assert "root ::=" in response_format_grammar({"type": "json_object"})
+
+
+def test_tool_choice_grammars_wrap_the_arguments_in_the_templates_format():
+    from moecli.templates.grammar import tool_call_grammar
+
+    tools = [SPECIAL, PYTHON]
+    assert tool_call_grammar(_format("Qwen3.5-4B.jinja"), tools, "auto") is None
+    named = tool_call_grammar(_format("Qwen3.5-4B.jinja"), tools, {"type": "function", "function": {"name": "python"}})
+    assert '"<tool_call>\\n<function=python>\\n"' in named and "special_function" not in named
+    for name in ("Qwen-Qwen3-0.6B.jinja", "GLM-4.6.jinja", "openai-gpt-oss-120b.jinja",
+                 "deepseek-ai-DeepSeek-V3.1.jinja", "mistralai-Ministral-3-14B-Reasoning-2512.jinja",
+                 "mistralai-Mistral-Nemo-Instruct-2407.jinja"):
+        assert tool_call_grammar(_format(name), tools, "required", parallel=True).count("root ::=") == 1
+    with pytest.raises(MoecliError, match="'nope', which is not among the tools"):
+        tool_call_grammar(_format("Qwen3.5-4B.jinja"), tools, {"type": "function", "function": {"name": "nope"}})
+    with pytest.raises(MoecliError, match="no tool-call format"):
+        tool_call_grammar(_format("meta-llama-Llama-3.1-8B-Instruct.jinja"), tools, "required")
+
+
+@pytest.fixture(scope="module")
+def engine(demo_model_session):
+    from moecli.engine import Engine
+    from moecli.params import LlamaParams
+
+    with Engine.load(demo_model_session, LlamaParams(n_ctx=1024, n_threads=1)) as e:
+        yield e
+
+
+ASK = [{"role": "user", "content": "Who is it?"}]
+
+
+def test_a_constrained_generation_validates_against_the_schema(engine):
+    jsonschema = pytest.importorskip("jsonschema")
+    from moecli.engine import Sampling
+    from moecli.templates.grammar import json_schema_grammar
+
+    grammar = json_schema_grammar(PERSON)
+    for seed in range(4):
+        text = "".join(engine.chat(ASK, Sampling(seed=seed, n_predict=200, grammar=grammar),
+                                   template_kwargs={"enable_thinking": False}))
+        assert engine.last_stop_reason == "eog", text
+        jsonschema.validate(json.loads(text), PERSON)
+
+
+def test_a_forced_tool_call_parses_and_validates(engine):
+    jsonschema = pytest.importorskip("jsonschema")
+    from moecli.engine import Sampling
+    from moecli.templates.grammar import tool_call_grammar
+
+    # the demo's random weights never close a string of their own: strings have a maximum length here
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 16}, "days": {"type": "integer"}},
+        "required": ["city"]}}}
+    tools = [weather, {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"]}}}]
+    fmt = engine.output_format
+    assert fmt.tools in ("hermes", "qwen3-coder")  # the demo model's Qwen template
+    grammar = tool_call_grammar(fmt, tools, "required")
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    for seed in range(3):
+        text = "".join(engine.chat(ASK, Sampling(seed=seed, n_predict=200, grammar=grammar), tools=tools,
+                                   template_kwargs={"enable_thinking": False}))
+        parsed = parse_output(fmt, text, tools=tools)
+        assert len(parsed.tool_calls) == 1, text
+        call = parsed.tool_calls[0]
+        jsonschema.validate(json.loads(call.arguments), schemas[call.name])
+
+
+def test_a_bad_grammar_is_one_error(engine):
+    from moecli.engine import Sampling
+
+    with pytest.raises(MoecliError, match="could not parse the grammar"):
+        list(engine.chat(ASK, Sampling(n_predict=2, grammar="root ::= (")))

@@ -1,19 +1,17 @@
 """llama.cpp's built-in chat templates (src/llama-chat.cpp): their names, which one fits a GGUF
-that carries no `tokenizer.chat_template` (by architecture and name), rendering one through the C
-API (`llama_chat_apply_template`), and the choice of a model's template (`choose_template`)."""
+that carries no `tokenizer.chat_template` (by architecture and name), and the choice of a model's
+template (`choose_template`). Rendering one goes through the C API (`llamachat`)."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from moecli.templates.render import ChatTemplate, TemplateError
 
-# llama_chat_builtin_templates() of the pinned llama.cpp, in its order (a test compares them), so
+# llama_chat_builtin_templates() of the pinned llama.cpp (a test compares them), so
 # that a name is checked before llama.cpp is loaded.
 BUILTIN_NAMES = (
     "chatml", "llama2", "llama2-sys", "llama2-sys-bos", "llama2-sys-strip", "mistral-v1", "mistral-v3",
@@ -50,14 +48,6 @@ _BY_NAME = (
     ("chatglm3", "chatglm3"), ("openchat", "openchat"), ("vicuna", "vicuna"), ("zephyr", "zephyr"),
 )
 
-# a marker of each built-in's turn format, for choosing a tool-call parser (none of them has tools)
-_MARKERS = {"chatml": "<|im_start|>", "gpt-oss": "<|channel|>", "kimi-k2": "<|im_middle|>"}
-
-
-def builtin_source_hint(name: str | None) -> str:
-    return _MARKERS.get(name or "", "")
-
-
 def builtin_for(metadata: Mapping[str, str]) -> str | None:
     """The built-in template for a GGUF without one, from its name, else its architecture (a
     `llama` model is Llama 3 when its tokenizer is Llama 3's, else Llama 2; `mistral`-named llama
@@ -77,73 +67,6 @@ def builtin_for(metadata: Mapping[str, str]) -> str | None:
             return "llama2-sys"
         return None
     return _BY_ARCH.get(arch)
-
-
-def _capi():
-    import llama_cpp.llama_cpp as _llama  # the engine has loaded it already
-
-    return _llama
-
-
-def builtin_names_from_llama_cpp() -> list[str]:
-    """llama_chat_builtin_templates(), as llama.cpp lists them."""
-    lib = _capi()
-    n = lib.llama_chat_builtin_templates(None, 0)
-    out = (ctypes.c_char_p * n)()
-    lib.llama_chat_builtin_templates(out, n)
-    return [out[i].decode() for i in range(n)]
-
-
-def _tools_note(tools: Sequence[Mapping[str, Any]]) -> str:
-    """What a built-in template (none of them knows tools) says of them: the tools in Hermes'
-    words, so that the Hermes parser reads the calls back."""
-    lines = ["You may call one or more functions to assist with the user query.",
-             "You are provided with function signatures within <tools></tools> XML tags:", "<tools>"]
-    lines += [json.dumps(t, ensure_ascii=False) for t in tools]
-    lines += ["</tools>", "For each function call, return a json object with function name and arguments within "
-              "<tool_call></tool_call> XML tags:",
-              '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>']
-    return "\n".join(lines)
-
-
-def _flatten(messages: Sequence[Mapping[str, Any]], tools) -> list[tuple[str, str]]:
-    """(role, content) pairs for llama_chat_apply_template: tool calls written as Hermes'
-    `<tool_call>` JSON in the assistant's content, tool results as `tool` turns."""
-    pairs = []
-    for m in messages:
-        content = m.get("content") or ""
-        for call in m.get("tool_calls") or ():
-            f = call.get("function", {})
-            content += ("\n" if content else "") + "<tool_call>\n" + json.dumps(
-                {"name": f.get("name"), "arguments": f.get("arguments")}, ensure_ascii=False) + "\n</tool_call>"
-        pairs.append((str(m.get("role", "user")), content))
-    if tools:
-        note = _tools_note(tools)
-        if pairs and pairs[0][0] == "system":
-            pairs[0] = ("system", pairs[0][1] + "\n\n" + note)
-        else:
-            pairs.insert(0, ("system", note))
-    return pairs
-
-
-def apply_builtin(builtin: str, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, *,
-                  name: str, tools: Sequence[Mapping[str, Any]] | None = None) -> str:
-    """llama_chat_apply_template(builtin, messages): what llama.cpp makes of them."""
-    lib = _capi()
-    pairs = _flatten(messages, tools)
-    keep = [(r.encode(), c.encode()) for r, c in pairs]
-    array = (lib.llama_chat_message * max(1, len(keep)))(*[lib.llama_chat_message(r, c) for r, c in keep])
-    size = 1024 + 2 * sum(len(r) + len(c) for r, c in keep)
-    for _ in range(2):
-        buf = ctypes.create_string_buffer(size)
-        n = lib.llama_chat_apply_template(builtin.encode(), array, len(keep), add_generation_prompt, buf, size)
-        if n < 0:
-            raise TemplateError(f"chat template {name}: llama.cpp cannot render this conversation with it",
-                                "give another with --chat-template NAME or --chat-template-file PATH")
-        if n <= size:
-            return buf.raw[:n].decode("utf-8", "replace")
-        size = n + 1
-    raise TemplateError(f"chat template {name}: llama.cpp's output did not fit", "")
 
 
 def read_template_file(path: str | os.PathLike[str]) -> str:

@@ -14,12 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from moecli.errors import MoecliError
-
-
-class TemplateError(MoecliError):
-    """A chat template could not be read or rendered, or none fits the model."""
-
+from moecli.templates.errors import TemplateError
+from moecli.templates.llamachat import apply_builtin, builtin_source_hint
 
 # llama.cpp's two textual patches of templates that raise on messages its server sends
 # (common/chat.cpp, common_chat_templates_init): the same templates work the same way here.
@@ -179,8 +175,6 @@ class ChatTemplate:
         """What the template's markers are read from (tool-call and reasoning formats)."""
         if self.source is not None:
             return self.source
-        from moecli.templates.builtin import builtin_source_hint
-
         return builtin_source_hint(self.builtin)
 
     def _template(self):
@@ -210,8 +204,6 @@ class ChatTemplate:
         (enable_thinking, reasoning_effort, ...)."""
         shaped = shape_messages(messages)
         if self.builtin is not None:
-            from moecli.templates.builtin import apply_builtin
-
             return apply_builtin(self.builtin, shaped, add_generation_prompt, name=self.name, tools=shape_tools(tools))
         template = self._template()
         now = datetime.now()
