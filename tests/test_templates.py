@@ -436,3 +436,93 @@ def test_a_bad_grammar_is_one_error(engine):
 
     with pytest.raises(MoecliError, match="could not parse the grammar"):
         list(engine.chat(ASK, Sampling(n_predict=2, grammar="root ::= (")))
+
+
+# --- `moecli run` ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def no_template_gguf(tmp_path_factory) -> Path:
+    """The demo model as an old conversion ships it: no tokenizer.chat_template."""
+    from dataclasses import replace
+
+    from moecli.synth import demo_recipe
+
+    recipe = demo_recipe()
+    metadata = {k: v for k, v in recipe.metadata.items() if k != "tokenizer.chat_template"}
+    path = tmp_path_factory.mktemp("no-template") / "base.gguf"
+    replace(recipe, metadata=metadata).write(path, fill="random", seed=0)
+    return path
+
+
+def test_run_without_a_template_says_so_once_and_chats(no_template_gguf):
+    from cliutil import invoke
+
+    ran = invoke("run", str(no_template_gguf), "-t", "1", "-p", "Hi", "-n", "6", "--seed", "1")
+    assert ran.code == 0, ran.output
+    assert ran.stderr.count("has no chat template; using llama.cpp's built-in 'chatml'") == 1
+    assert "--chat-template-file" in ran.stderr
+
+
+def test_run_raw_continues_the_text(no_template_gguf):
+    from cliutil import invoke
+
+    ran = invoke("run", str(no_template_gguf), "-t", "1", "-no-cnv", "-p", "Once upon a time", "-n", "6", "--seed", "1")
+    assert ran.code == 0, ran.output
+    assert "chat template" not in ran.stderr and "generation 6 tok" in ran.stderr
+    assert invoke("run", "demo", "--no-conversation").code == 2
+
+
+def test_run_with_another_template_and_a_system_file(tmp_path):
+    from cliutil import invoke
+
+    bad = invoke("run", "demo", "--chat-template", "nope", "-p", "x")
+    assert bad.code == 2 and "not one of llama.cpp's built-in templates" in bad.stderr
+    (tmp_path / "t.jinja").write_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                                      "{% endfor %}<|im_start|>assistant\n")
+    (tmp_path / "sys.txt").write_text("Be brief.\n")
+    ran = invoke("run", "demo", "-t", "1", "--chat-template-file", str(tmp_path / "t.jinja"),
+                 "--system-file", str(tmp_path / "sys.txt"), "-p", "Hi", "-n", "4")
+    assert ran.code == 0, ran.output
+    assert invoke("run", "demo", "--chat-template", "llama3", "-t", "1", "-p", "Hi", "-n", "2").code == 0
+    both = invoke("run", "demo", "--system", "a", "--system-file", str(tmp_path / "sys.txt"), "-p", "x")
+    assert both.code == 2 and "both given" in both.stderr
+
+
+def test_run_json_schema_answers_with_valid_json(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from cliutil import invoke
+
+    (tmp_path / "person.json").write_text(json.dumps(PERSON))
+    for seed in ("1", "2"):
+        ran = invoke("run", "demo", "-t", "1", "--json-schema", str(tmp_path / "person.json"), "-p", "Who?",
+                     "-n", "200", "--seed", seed)
+        assert ran.code == 0, ran.output
+        jsonschema.validate(json.loads(ran.stdout), PERSON)
+    (tmp_path / "bad.json").write_text(json.dumps({"type": "integer", "minimum": 1}))
+    bad = invoke("run", "demo", "--json-schema", str(tmp_path / "bad.json"), "-p", "x")
+    assert bad.code == 2 and "minimum at /" in bad.stderr
+
+
+def test_run_shows_the_tool_calls_the_model_makes():
+    import io
+
+    from moecli.chat import ChatSession
+    from moecli.engine import Sampling, Timings
+    from moecli.output import Output
+
+    class Scripted:
+        output_format = _format("Qwen-Qwen3-0.6B.jinja")
+        last_timings = last_stop_reason = None
+
+        def render_chat(self, messages, **kwargs):
+            return "<|im_start|>assistant\n"
+
+        def chat(self, messages, sampling, *, should_stop, template_kwargs=None):
+            yield from ["Let me look.", "<tool", '_call>\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}',
+                        "\n</tool_call>"]
+            self.last_timings = Timings(prompt_n=1, prompt_ms=1.0, predicted_n=5, predicted_ms=1.0, ttft_ms=1.0)
+
+    out = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    session = ChatSession(Scripted(), Sampling(), out)
+    session.reply("Weather in Paris?")
+    assert out.stdout.getvalue() == 'Let me look.\n→ tool call get_weather({"city": "Paris"})\n\n'
+    assert [c.name for c in session.tool_calls] == ["get_weather"]
