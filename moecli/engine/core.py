@@ -354,10 +354,13 @@ class Engine:
         return self._generate(self._prompt_tokens(prompt), sampling or Sampling(), should_stop, t_start, special)
 
     def complete(self, prompt: str, sampling: Sampling | None = None, *,
-                 should_stop: Callable[[], bool] | None = None, parse_special: bool = True) -> Iterator[str]:
-        """Stream a raw continuation of `prompt` (no chat template); otherwise like chat()."""
+                 should_stop: Callable[[], bool] | None = None, parse_special: bool = True,
+                 special: bool = False) -> Iterator[str]:
+        """Stream a raw continuation of `prompt` (no chat template, or one rendered by the caller
+        with render_chat); otherwise like chat()."""
         t_start = time.perf_counter()
-        return self._generate(self._prompt_tokens(prompt, parse_special), sampling or Sampling(), should_stop, t_start)
+        return self._generate(self._prompt_tokens(prompt, parse_special), sampling or Sampling(), should_stop, t_start,
+                              special)
 
     def reset(self) -> None:
         """Forget the conversation held in the KV cache."""
