@@ -173,6 +173,7 @@ class ChatSession:
     template_kwargs: dict = field(default_factory=dict)  # e.g. enable_thinking (llama.cpp's --reasoning)
     messages: list[dict] = field(default_factory=list)
     history: list[ReplyFigures] = field(default_factory=list)
+    tool_calls: list = field(default_factory=list)  # the last reply's (moecli.templates.ToolCall)
 
     def __post_init__(self) -> None:
         self.reset()
@@ -189,9 +190,12 @@ class ChatSession:
         pieces: list[str] = []
         try:
             thinking = opens_thinking(self.engine.render_chat(self.messages, **self.template_kwargs))
+            fmt = getattr(self.engine, "output_format", None)  # how its model writes tool calls
+            self._format = fmt if fmt is not None and fmt.tools not in ("none", "harmony") else None
+            special = {"special": True} if self._format and self._format.needs_special_tokens else {}
             with ctrl_c_sets(stop):
                 stream = _Counter(self.engine.chat(self.messages, self.sampling, should_stop=lambda: stop[0],
-                                                   template_kwargs=self.template_kwargs))
+                                                   template_kwargs=self.template_kwargs, **special))
                 if self.out.is_terminal:
                     self._render_live(stream, pieces, thinking)
                 else:
@@ -207,8 +211,13 @@ class ChatSession:
         return figures
 
     def _parts(self, stream: Iterable[str], pieces: list[str], thinking: bool) -> Iterator[tuple[str, str]]:
-        """(kind, text) parts; without the thinking shown, the blank lines after `</think>` go too."""
+        """(kind, text) parts; without the thinking shown, the blank lines after `</think>` go too.
+        A tool call the model writes (in its template's format) is one ("tool", line) part."""
+        from moecli.templates import OutputParser
+
         splitter = ThinkSplitter(thinking)
+        calls = OutputParser(self._format, reasoning=False) if getattr(self, "_format", None) else None
+        self.tool_calls = []
         answer_started = False
 
         def parts(kind: str, text: str) -> Iterator[tuple[str, str]]:
@@ -220,12 +229,23 @@ class ChatSession:
             if text:
                 yield kind, text
 
+        def answer(kind: str, text: str, final: bool = False) -> Iterator[tuple[str, str]]:
+            if kind != "answer" or calls is None:
+                yield from parts(kind, text)
+                return
+            delta = calls.finish() if final else calls.feed(text)
+            yield from parts("answer", delta.content)
+            for call in delta.tool_calls:
+                self.tool_calls.append(call)
+                yield "tool", f"→ tool call {call.name}({call.arguments})"
+
         for piece in stream:
             pieces.append(piece)
             for kind, text in splitter.feed(piece):
-                yield from parts(kind, text)
+                yield from answer(kind, text)
         for kind, text in splitter.flush():
-            yield from parts(kind, text)
+            yield from answer(kind, text)
+        yield from answer("answer", "", final=True)
 
     def _render_plain(self, stream: Iterable[str], pieces: list[str], thinking: bool) -> None:
         """No terminal: plain text. Shown thinking keeps its tags (there is no dim in a pipe)."""
@@ -234,9 +254,13 @@ class ChatSession:
         for kind, text in self._parts(stream, pieces, thinking):
             if kind == "think" and not self.show_thinking:
                 continue
-            if kind != state and self.show_thinking:
+            if kind == "tool":
+                write(("" if state == "tool" else "\n") + text + "\n")
+                state = "tool"
+                continue
+            if kind != state and self.show_thinking and "think" in (kind, state):
                 write(THINK_OPEN if kind == "think" else THINK_CLOSE)
-                state = kind
+            state = kind
             write(text)
             self.out.stdout.flush()
         if state == "think":
@@ -258,7 +282,9 @@ class ChatSession:
                     live.refresh()
                 if hidden:
                     continue
-                style = "dim italic" if kind == "think" else None
+                style = "dim italic" if kind == "think" else "cyan" if kind == "tool" else None
+                if kind == "tool":
+                    text = ("\n" if status.current.plain else "") + text + "\n"
                 current, finished = status.current.copy(), []
                 *done, rest = text.split("\n")
                 for line in done:
@@ -275,6 +301,18 @@ class ChatSession:
                     live.console.print(line)
         if status.current.plain:
             console.print(status.current)
+
+
+def complete_once(engine, prompt: str, sampling, out: Output) -> ReplyFigures:
+    """Raw completion (`run --no-conversation -p TEXT`): the text continued as given, no template."""
+    stop = [False]
+    with ctrl_c_sets(stop):
+        for piece in engine.complete(prompt, sampling, should_stop=lambda: stop[0]):
+            out.stdout.write(piece)
+            out.stdout.flush()
+    out.stdout.write("\n")
+    out.stdout.flush()
+    return figures_of(engine.last_timings, stopped=stop[0], stop_reason=engine.last_stop_reason)
 
 
 def run_repl(session: ChatSession, read_line: Callable[[str], str], out: Output) -> None:

@@ -236,6 +236,11 @@ def run(
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Never stop at an end-of-generation token (only at -n or a full context).", rich_help_panel="Sampling")] = False,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the model's <think>…</think> (it still thinks).")] = False,
     reasoning: Annotated[str, typer.Option("--reasoning", "-rea", help="Thinking: on, off (the template's enable_thinking=false) or auto (the template's default).")] = "auto",
+    system_file: Annotated[Optional[Path], typer.Option("--system-file", "-sysf", help="System prompt from a file.", show_default=False)] = None,
+    chat_template: Annotated[Optional[str], typer.Option("--chat-template", help="One of llama.cpp's built-in chat templates (chatml, llama3, gemma, ...) instead of the GGUF's.", rich_help_panel="Template")] = None,
+    chat_template_file: Annotated[Optional[Path], typer.Option("--chat-template-file", help="A Jinja chat template file instead of the GGUF's.", rich_help_panel="Template")] = None,
+    no_conversation: Annotated[bool, typer.Option("--no-conversation", "-no-cnv", help="Continue the -p text as given (raw completion, no template), e.g. for base models.", rich_help_panel="Template")] = False,
+    json_schema: Annotated[Optional[Path], typer.Option("--json-schema", "-jf", help="Answer -p with JSON valid against the schema in this file (a grammar constrains sampling).", show_default=False)] = None,
     verbose: VerboseOpt = False,
     *, request,
 ) -> None:
@@ -256,6 +261,11 @@ def run(
         raise BadInput(f"--reasoning {reasoning!r} is not on, off or auto", "e.g. --reasoning off")
     typed = {k: v for k, v in dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                    seed=seed, n_predict=n_predict).items() if v is not None}
+    system, grammar = _run_inputs(prompt, system, system_file, chat_template, chat_template_file, no_conversation,
+                                  json_schema, reasoning)
+    if grammar is not None:
+        typed["grammar"] = grammar
+        thinking = {"enable_thinking": False}  # the grammar holds from the first token
     Sampling(**typed)  # bad values are refused before the model is loaded
     located, facts, machine = _prepare_local(out, model, request)
     the_plan = usecases.plan_for(facts, machine, request, planning=False)
@@ -263,6 +273,15 @@ def run(
     engine = _load(out, located.path, the_plan.params, verbose)
     with engine:
         sampling = Sampling.from_model(engine.metadata, ignore_eos=ignore_eos, **typed)
+        if no_conversation:
+            figures = chat.complete_once(engine, prompt, sampling, out)
+            out.note(figures.line())
+            if figures.stopped:
+                raise typer.Exit(130)
+            return
+        template = engine.use_chat_template(chat_template, chat_template_file)
+        if template.notice:
+            out.note(template.notice)
         session = chat.ChatSession(engine, sampling, out, system=system, show_thinking=not hide_thinking,
                                    template_kwargs=thinking)
         if prompt is None:
@@ -272,6 +291,49 @@ def run(
         out.note(figures.line())
         if figures.stopped:
             raise typer.Exit(130)  # Ctrl-C, as a shell expects of an interrupted command
+
+
+def _run_inputs(prompt, system, system_file, chat_template, chat_template_file, no_conversation, json_schema,
+                reasoning) -> tuple[str | None, str | None]:
+    """run's template and structured-output options checked before the model loads: the system
+    prompt (--system or --system-file) and the grammar of --json-schema."""
+    import json
+
+    from moecli.templates import BUILTIN_NAMES, read_template_file
+
+    if system is not None and system_file is not None:
+        raise BadInput("--system and --system-file both given", "give one")
+    if system_file is not None:
+        try:
+            system = system_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise BadInput(f"cannot read {system_file}: {exc.strerror or exc}", "give a readable text file") from None
+    if chat_template is not None and chat_template_file is not None:
+        raise BadInput("--chat-template and --chat-template-file both given", "give one")
+    if chat_template is not None and chat_template not in BUILTIN_NAMES:
+        raise BadInput(f"--chat-template {chat_template!r} is not one of llama.cpp's built-in templates",
+                       "one of: " + ", ".join(sorted(BUILTIN_NAMES)) + "; or --chat-template-file PATH")
+    if chat_template_file is not None:
+        read_template_file(chat_template_file)
+    if no_conversation and prompt is None:
+        raise BadInput("--no-conversation continues a text: give it with -p", 'e.g. -no-cnv -p "Once upon a time"')
+    if no_conversation and (system is not None or chat_template or chat_template_file):
+        raise BadInput("--no-conversation uses no template: no system prompt, no chat template", "leave those out")
+    if json_schema is None:
+        return system, None
+    if prompt is None:
+        raise BadInput("--json-schema answers one prompt", 'give it with -p "..."')
+    if reasoning.lower() == "on":
+        raise BadInput("--json-schema answers without thinking", "leave out --reasoning on")
+    try:
+        schema = json.loads(json_schema.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BadInput(f"cannot read {json_schema}: {exc.strerror or exc}", "give a JSON schema file") from None
+    except ValueError as exc:
+        raise BadInput(f"{json_schema} is not JSON: {exc}", "give a JSON schema file") from None
+    from moecli.templates.grammar import json_schema_grammar
+
+    return system, json_schema_grammar(schema)
 
 
 def _read_line(prompt: str) -> str:
