@@ -261,8 +261,9 @@ def run(
         raise BadInput(f"--reasoning {reasoning!r} is not on, off or auto", "e.g. --reasoning off")
     typed = {k: v for k, v in dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                    seed=seed, n_predict=n_predict).items() if v is not None}
-    system, grammar = _run_inputs(prompt, system, system_file, chat_template, chat_template_file, no_conversation,
-                                  json_schema, reasoning)
+    system, grammar = usecases.chat_inputs(prompt=prompt, system=system, system_file=system_file,
+                                           chat_template=chat_template, chat_template_file=chat_template_file,
+                                           no_conversation=no_conversation, json_schema=json_schema, reasoning=reasoning)
     if grammar is not None:
         typed["grammar"] = grammar
         thinking = {"enable_thinking": False}  # the grammar holds from the first token
@@ -291,49 +292,6 @@ def run(
         out.note(figures.line())
         if figures.stopped:
             raise typer.Exit(130)  # Ctrl-C, as a shell expects of an interrupted command
-
-
-def _run_inputs(prompt, system, system_file, chat_template, chat_template_file, no_conversation, json_schema,
-                reasoning) -> tuple[str | None, str | None]:
-    """run's template and structured-output options checked before the model loads: the system
-    prompt (--system or --system-file) and the grammar of --json-schema."""
-    import json
-
-    from moecli.templates import BUILTIN_NAMES, read_template_file
-
-    if system is not None and system_file is not None:
-        raise BadInput("--system and --system-file both given", "give one")
-    if system_file is not None:
-        try:
-            system = system_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise BadInput(f"cannot read {system_file}: {exc.strerror or exc}", "give a readable text file") from None
-    if chat_template is not None and chat_template_file is not None:
-        raise BadInput("--chat-template and --chat-template-file both given", "give one")
-    if chat_template is not None and chat_template not in BUILTIN_NAMES:
-        raise BadInput(f"--chat-template {chat_template!r} is not one of llama.cpp's built-in templates",
-                       "one of: " + ", ".join(sorted(BUILTIN_NAMES)) + "; or --chat-template-file PATH")
-    if chat_template_file is not None:
-        read_template_file(chat_template_file)
-    if no_conversation and prompt is None:
-        raise BadInput("--no-conversation continues a text: give it with -p", 'e.g. -no-cnv -p "Once upon a time"')
-    if no_conversation and (system is not None or chat_template or chat_template_file):
-        raise BadInput("--no-conversation uses no template: no system prompt, no chat template", "leave those out")
-    if json_schema is None:
-        return system, None
-    if prompt is None:
-        raise BadInput("--json-schema answers one prompt", 'give it with -p "..."')
-    if reasoning.lower() == "on":
-        raise BadInput("--json-schema answers without thinking", "leave out --reasoning on")
-    try:
-        schema = json.loads(json_schema.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BadInput(f"cannot read {json_schema}: {exc.strerror or exc}", "give a JSON schema file") from None
-    except ValueError as exc:
-        raise BadInput(f"{json_schema} is not JSON: {exc}", "give a JSON schema file") from None
-    from moecli.templates.grammar import json_schema_grammar
-
-    return system, json_schema_grammar(schema)
 
 
 def _read_line(prompt: str) -> str:

@@ -4,9 +4,11 @@ parse their input, call these, and render what comes back.
     resolve   where a model name points, and its facts
     planning  the machine, the wishes and the user's flags -> a Plan; the one verdict
     running   a Plan -> a loaded Engine; bench and sweep
+    chatting  what a chat is given: system prompt, template, structured output
     models    pull (with its pre-plan), the pulled models and their verdicts, removal
 """
 
+from moecli.app.chatting import chat_inputs
 from moecli.app.models import Listed, PrePlan, plan_removal, pull, pull_and_record, pulled_models, remove
 from moecli.app.planning import (
     HubFits,
@@ -24,6 +26,6 @@ from moecli.app.running import BenchJob, BenchRun, bench_job, ctrl_c_sets, load_
 
 __all__ = [
     "DEMO", "BenchJob", "Listed", "PrePlan", "plan_removal", "pull", "pull_and_record", "pulled_models", "remove", "BenchRun", "HubFits", "Located", "MachineOptions", "Request", "Verdict", "bench_job",
-    "check_flags", "ctrl_c_sets", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
+    "chat_inputs", "check_flags", "ctrl_c_sets", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
     "machine_for_loading", "plan_for", "read_facts", "run_bench", "verdict", "with_threads",
 ]
