@@ -45,6 +45,14 @@ class PullReport:
     llama_cache: str | None = None  # LLAMA_CACHE points llama-server elsewhere: the one line saying so
 
     @property
+    def name(self) -> str:
+        return self.pulled.name
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return self.pulled.paths
+
+    @property
     def hashed_all(self) -> bool:
         return all(f.hashed for f in self.pulled.files)
 
