@@ -220,6 +220,38 @@ def home_error(exc: OSError, path: Path) -> StoreError:
 
 
 # -- reading --------------------------------------------------------------------------------------
+def _legacy_dir() -> Path:
+    """Where records were kept before they were kept per cache (one folder for every cache)."""
+    return paths.data_dir() / "store"
+
+
+def _in_this_cache(model: StoredModel) -> bool:
+    cache = os.path.abspath(paths.hf_hub_cache()) + os.sep
+    return bool(model.files) and all(os.path.abspath(f.blob).startswith(cache) for f in model.files)
+
+
+def _read_legacy() -> list[tuple[Path, StoredModel]]:
+    """The older flat records whose files are in the cache in use now (written again per cache by `add`)."""
+    found = []
+    try:
+        files = sorted(_legacy_dir().glob("*.json")) if _legacy_dir().is_dir() else []
+    except OSError:
+        return []
+    for path in files:
+        try:
+            model = _from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not this cache's to call damaged: it cannot say which cache it belongs to
+        if _in_this_cache(model):
+            found.append((path, model))
+    return found
+
+
+def _legacy_of(name: str) -> tuple[Path, StoredModel] | None:
+    path = _legacy_dir() / _record_path(name).name
+    return next(((p, m) for p, m in _read_legacy() if p == path), None)
+
+
 def _read_records() -> tuple[list[tuple[Path, StoredModel]], list[Damaged]]:
     folder = store_dir()
     models: list[tuple[Path, StoredModel]] = []
@@ -228,6 +260,8 @@ def _read_records() -> tuple[list[tuple[Path, StoredModel]], list[Damaged]]:
         files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     except OSError:
         files = []
+    names = {p.stem for p in files}
+    models += [(p, m) for p, m in _read_legacy() if p.stem not in names]
     for path in files:
         try:
             text = path.read_text()
@@ -360,8 +394,13 @@ def add(model: StoredModel) -> StoredModel:
         old = None
     earlier = (*old.created,) if old is not None else ()
     created = tuple(dict.fromkeys((*earlier, *_read_ledger(model.name), *model.created)))
+    legacy = _legacy_of(model.name)
+    if old is None and legacy is not None:  # a record from before records were kept per cache
+        created = tuple(dict.fromkeys((*legacy[1].created, *created)))
     model = replace(model, created=created)
     _write_atomic(_record_path(model.name), json.dumps(_to_json(model), indent=1))
+    if legacy is not None:
+        legacy[0].unlink(missing_ok=True)
     return model
 
 
@@ -469,7 +508,8 @@ def remove(removal: Removal) -> None:
             raise StoreError(f"cannot delete {path}: {exc.strerror or exc}",
                              "check its permissions, then run `moecli rm` again") from exc
         _prune_empty_dirs(path.parent)
-    for path in (removal.record, _record_path(removal.name), _ledger_path(removal.name)):
+    legacy = _legacy_of(removal.name)
+    for path in (removal.record, _record_path(removal.name), _ledger_path(removal.name), legacy and legacy[0]):
         if path is None:
             continue
         try:

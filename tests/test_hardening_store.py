@@ -299,3 +299,17 @@ def test_records_are_kept_per_hugging_face_cache(hub, moving, tmp_path, monkeypa
     monkeypatch.setenv("HF_HOME", original)
     assert [m.name for m in store.list_models()] == [name]
 
+
+
+def test_a_record_from_before_records_were_kept_per_cache_is_still_this_caches(hub, moving, tmp_path, monkeypatch):
+    repo, _ = moving
+    pulled, record = app.pull_and_record(f"{repo}:Q4_0")
+    flat = paths.data_dir() / "store" / store._record_path(record.name).name  # noqa: SLF001 - the old layout
+    store._record_path(record.name).rename(flat)  # noqa: SLF001
+    assert [m.name for m in store.list_models()] == [record.name]
+    original = os.environ["HF_HOME"]
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "other-hf"))
+    assert store.list_models() == ()  # its files are in the other cache
+    monkeypatch.setenv("HF_HOME", original)
+    store.remove(store.plan_removal(record.name))
+    assert not flat.exists() and blobs_of(repo) == []
