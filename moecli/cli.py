@@ -360,12 +360,23 @@ def bench(
                csv=lambda: benchmod.to_csv(done.results), human=lambda: render.bench_table(out, done.results))
 
 
-# --- pull / list / rm -------------------------------------------------------------------------------
+# --- pull / list / rm / verify ------------------------------------------------------------------------
+def _verified_words(report) -> str:
+    """What `pull` checked, said as it is: every byte hashed, or when the files were last hashed."""
+    if report.hashed_all:
+        return "verified"  # every byte hashed by this run
+    when = report.verified_on
+    since = f"verified on {when.strftime('%Y-%m-%d')}" if when else "verified by an earlier pull"
+    return (f"already present, {since} (size and modification time unchanged since; "
+            f"`moecli verify {report.record.name}` or `pull --verify` re-hashes)")
+
+
 @app.command()
 def pull(
     context: typer.Context,
     model: Annotated[str, typer.Argument(help="org/repo\\[:QUANT]\\[@revision], hf.co/org/repo:QUANT, or an alias.", show_default=False)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before downloading.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Hash again every file already on disk.")] = False,
     profile: Annotated[Optional[str], typer.Option("--profile", help="Choose the quant for a machine profile.", rich_help_panel="Machine")] = None,
     vram: Annotated[Optional[str], typer.Option("--vram", help="The GPU memory to plan for, e.g. 6GiB.", rich_help_panel="Machine")] = None,
     ram: Annotated[Optional[str], typer.Option("--ram", help="The machine's RAM to plan for, e.g. 32GiB.", rich_help_panel="Machine")] = None,
@@ -397,11 +408,13 @@ def pull(
             out.print(f"on this machine: {'fits' if pre.verdict.fits else 'does not fit'} ({pre.verdict.why}); "
                       f"{render.decode_line(pre.plan)}")
             out.note(render.plan_summary(pre.plan))
-        if ask and not out.confirm(f"Download {fmt_bytes(candidate.size)}?", default=True):
+        if not pre.to_fetch:  # offline, or every byte is here: nothing to ask, nothing fetched
+            return
+        if ask and not out.confirm(f"Download {fmt_bytes(pre.to_fetch)}?", default=True):
             out.print("nothing downloaded")
             raise typer.Exit(1)
         if not terminal:
-            out.note(f"fetching {fmt_bytes(candidate.size)} into the Hugging Face cache…")
+            out.note(f"fetching {fmt_bytes(pre.to_fetch)} into the Hugging Face cache…")
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=out.err, transient=True, disable=not terminal) as progress:
@@ -411,33 +424,82 @@ def pull(
             label = {"check": "checking", "download": "downloading", "done": "done"}.get(p.stage, p.stage)
             progress.update(task, description=f"{label} {p.file_index}/{p.n_files}", completed=p.done, total=p.total)
 
-        pulled = usecases.pull(model, machine, before_download=before_download, on_progress=on_progress)
+        report = usecases.pull(model, machine, before_download=before_download, on_progress=on_progress, rehash=verify)
+    pulled = report.pulled
+    if report.llama_cache:
+        out.warn(report.llama_cache)
+    for name in report.moved:
+        out.note(f"{name} is linked into the new snapshot too: `llama-server -hf` and huggingface_hub still find it")
+    for name, repo_path in report.changed:
+        out.warn(f"{name}: {repo_path} changed upstream at commit {pulled.candidate.commit[:12]}; llama-server -hf "
+                 f"and huggingface_hub now see that commit, where it is not downloaded: `moecli pull {name}` "
+                 f"fetches the new version (moecli runs the one pulled until then)")
+    if report.offline:
+        checked = "verified (every byte hashed again)" if verify else _verified_words(report)
+        out.print(f"{pulled.name} is already pulled (offline: nothing fetched), {checked}: {pulled.paths[0]}")
+        return
     got = f"downloaded {fmt_bytes(pulled.downloaded)}"
     if pulled.downloaded and pulled.seconds > 0:
         got += f" in {pulled.seconds:.{1 if pulled.seconds >= 1 else 2}f} s, {fmt_bytes(pulled.downloaded / pulled.seconds)}/s"
     if pulled.reused:
         got += f", {fmt_bytes(pulled.reused)} already here"
-    out.print(f"pulled {pulled.name} ({got}), verified: {pulled.paths[0]}")
+    out.print(f"pulled {pulled.name} ({got}), {_verified_words(report)}: {pulled.paths[0]}")
+
+
+@app.command()
+def verify(
+    context: typer.Context,
+    name: Annotated[str, typer.Argument(help="A pulled model's name (see moecli list).", show_default=False)],
+) -> None:
+    """Hash every file of a pulled model again against the Hub's sha256 recorded when it was pulled.
+
+    Reads every byte; needs no network. Reports each file."""
+    from moecli import app as usecases
+
+    out = _output(context)
+
+    def on_file(check) -> None:
+        if check.ok:
+            out.print(f"ok   {check.repo_path}: {check.why}")
+        else:
+            out.print(f"BAD  {check.repo_path}: {check.why} ({check.path})")
+
+    with _status(out, f"hashing {name}…"):
+        checks = usecases.verify(name, on_file=on_file)
+    out.print(f"verified {len(checks)} file{'s' if len(checks) != 1 else ''} of {name}: every byte matches the Hub's sha256")
 
 
 @app.command("list")
 def list_models(context: typer.Context, json_out: Annotated[bool, typer.Option("--json", help="As JSON.")] = False) -> None:
-    """List the models pulled with moecli, and whether each fits this machine."""
+    """List the models pulled with moecli, and whether each fits this machine.
+
+    Also lists pulls that stopped part-way (with their progress) and records that cannot be read."""
     from moecli import app as usecases
     from moecli import machine, render
 
     out = _output(context, json_mode=json_out)
     listed = usecases.pulled_models(machine.probe())
+    partial = usecases.partial_pulls()
+    damaged = usecases.damaged_records()
 
     def human() -> None:
         if listed:
             render.store_list(out, listed)
-        else:
+        for p in partial:
+            out.print(f"{p.name}  partial: {p.progress} downloaded")
+            out.note(f"  the pull stopped part-way: `moecli pull {p.name}` resumes it, `moecli rm {p.name}` deletes it")
+        for d in damaged:
+            out.warn(f"{d.name}: its record {d.path} {d.why}")
+            out.note(f"  `moecli pull {d.name}` writes it again, or `moecli rm {d.name}` forgets it")
+        if not (listed or partial or damaged):
             out.print("no models pulled yet: moecli pull org/repo:QUANT")
 
-    out.result([{"name": r.name, "repo": r.repo, "tag": r.tag, "quant": r.quant, "size": r.size,
-                 "pulled_at": r.pulled_at.isoformat(), "present": r.present, "fits": item.verdict.fits,
-                 "why": item.verdict.why, "path": str(r.path)} for item in listed for r in (item.record,)], human=human)
+    out.result([*({"name": r.name, "state": "pulled", "repo": r.repo, "tag": r.tag, "quant": r.quant, "size": r.size,
+                   "pulled_at": r.pulled_at.isoformat(), "present": r.present, "fits": item.verdict.fits,
+                   "why": item.verdict.why, "path": str(r.path)} for item in listed for r in (item.record,)),
+                *({"name": p.name, "state": "partial", "size": p.size, "downloaded": p.have} for p in partial),
+                *({"name": d.name, "state": "damaged", "record": str(d.path), "why": d.why} for d in damaged)],
+               human=human)
 
 
 @app.command()
@@ -446,7 +508,7 @@ def rm(
     name: Annotated[str, typer.Argument(help="A pulled model's name (see moecli list).", show_default=False)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
-    """Remove a pulled model.
+    """Remove a pulled model (or a pull that stopped part-way, or a damaged record).
 
     Deletes only the files moecli downloaded, never files that were in the cache before."""
     from moecli import app as usecases
@@ -454,18 +516,19 @@ def rm(
 
     out = _output(context)
     removal = usecases.plan_removal(name)
+    if not yes and not out.stdin_is_terminal:  # refused before listing what it would have deleted
+        raise BadInput(f"not removing {removal.name} without a confirmation", "add --yes to remove it without asking")
     for path in removal.delete:
         out.print(f"delete {path}")
     for path, why in removal.keep:
         out.print(f"keep   {path} ({why})", style="dim")
-    if not yes:
-        if not out.stdin_is_terminal:
-            raise BadInput(f"not removing {name} without a confirmation", "add --yes to remove it without asking")
-        if not out.confirm(f"Remove {removal.model.name} and free {fmt_bytes(removal.freed)}?", default=False):
-            out.print("nothing removed")
-            raise typer.Exit(1)
+    if removal.record is not None:
+        out.print(f"forget {removal.record} (a damaged record)")
+    if not yes and not out.confirm(f"Remove {removal.name} and free {fmt_bytes(removal.freed)}?", default=False):
+        out.print("nothing removed")
+        raise typer.Exit(1)
     usecases.remove(removal)
-    out.print(f"removed {removal.model.name}; freed {fmt_bytes(removal.freed)}")
+    out.print(f"removed {removal.name}; freed {fmt_bytes(removal.freed)}")
 
 
 def _reflow(doc: str | None) -> str | None:

@@ -9,7 +9,20 @@ parse their input, call these, and render what comes back.
 """
 
 from moecli.app.chatting import chat_inputs
-from moecli.app.models import Listed, PrePlan, plan_removal, pull, pull_and_record, pulled_models, remove
+from moecli.app.models import (
+    FileCheck,
+    Listed,
+    PrePlan,
+    PullReport,
+    damaged_records,
+    partial_pulls,
+    plan_removal,
+    pull,
+    pull_and_record,
+    pulled_models,
+    remove,
+    verify,
+)
 from moecli.app.planning import (
     HubFits,
     MachineOptions,
@@ -25,7 +38,9 @@ from moecli.app.resolve import DEMO, Located, local_shards, locate, looks_like_p
 from moecli.app.running import BenchJob, BenchRun, bench_job, ctrl_c_sets, load_engine, run_bench, with_threads
 
 __all__ = [
-    "DEMO", "BenchJob", "Listed", "PrePlan", "plan_removal", "pull", "pull_and_record", "pulled_models", "remove", "BenchRun", "HubFits", "Located", "MachineOptions", "Request", "Verdict", "bench_job",
-    "chat_inputs", "check_flags", "ctrl_c_sets", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
-    "machine_for_loading", "plan_for", "read_facts", "run_bench", "verdict", "with_threads",
+    "BenchJob", "BenchRun", "DEMO", "FileCheck", "HubFits", "Listed", "Located", "MachineOptions", "PrePlan",
+    "PullReport", "Request", "Verdict", "bench_job", "chat_inputs", "check_flags", "ctrl_c_sets",
+    "damaged_records", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
+    "machine_for_loading", "partial_pulls", "plan_for", "plan_removal", "pull", "pull_and_record",
+    "pulled_models", "read_facts", "remove", "run_bench", "verdict", "verify", "with_threads",
 ]
