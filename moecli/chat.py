@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from moecli.app.running import ctrl_c_sets
+from moecli.engine.core import valid_text
 from moecli.errors import MoecliError
 from moecli.output import Output
 
@@ -31,6 +32,14 @@ HELP = """\
 Ctrl-C stops the reply being written; at the prompt it clears the line."""
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+NOT_UTF8 = "not valid UTF-8: the bytes that are not are sent as \ufffd"
+
+
+def valid_input(text: str) -> tuple[str, bool]:
+    """What the user typed, as valid text: bytes that were not UTF-8 (lone surrogates in a str
+    from the terminal or the command line) become U+FFFD; and whether there were any."""
+    valid = valid_text(text)
+    return valid, valid != text
 
 
 def opens_thinking(prompt: str) -> bool:
@@ -290,6 +299,12 @@ def run_repl(session: ChatSession, read_line: Callable[[str], str], out: Output)
         except KeyboardInterrupt:
             out.print("")
             continue
+        except UnicodeDecodeError:  # a reader that decodes strictly: the line is gone
+            out.warn("that line was not valid UTF-8 and was dropped (is the terminal set to UTF-8?)")
+            continue
+        line, bad = valid_input(line)
+        if bad:
+            out.warn(f"that line was {NOT_UTF8} (is the terminal set to UTF-8?)")
         text = line.strip()
         if not text:
             continue

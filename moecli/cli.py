@@ -257,6 +257,7 @@ def run(
     typed = {k: v for k, v in dict(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                                    seed=seed, n_predict=n_predict).items() if v is not None}
     Sampling(**typed)  # bad values are refused before the model is loaded
+    prompt, system = _valid_argument(out, prompt, "--prompt"), _valid_argument(out, system, "--system")
     located, facts, machine = _prepare_local(out, model, request)
     the_plan = usecases.plan_for(facts, machine, request, planning=False)
     _show_plan_findings(out, the_plan)
@@ -274,11 +275,27 @@ def run(
             raise typer.Exit(130)  # Ctrl-C, as a shell expects of an interrupted command
 
 
+def _valid_argument(out: Output, text: str | None, flag: str) -> str | None:
+    """An argument as valid text (bytes that are not UTF-8 reach Python as surrogates): U+FFFD
+    for those bytes, said once."""
+    if text is None:
+        return None
+    from moecli import chat
+
+    valid, bad = chat.valid_input(text)
+    if bad:
+        out.warn(f"{flag} is {chat.NOT_UTF8}")
+    return valid
+
+
 def _read_line(prompt: str) -> str:
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
+    # bytes that are not UTF-8 arrive as surrogates (the chat replaces them) instead of an error
+    if getattr(sys.stdin, "errors", None) != "surrogateescape" and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     return input(prompt)
 
 

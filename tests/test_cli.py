@@ -5,6 +5,7 @@ codes and no traceback as a shell sees them) and pseudo-terminals (80 columns, q
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -375,3 +376,24 @@ def test_rm_asks_on_a_terminal(hub):
 @pytest.mark.parametrize("name", [GATED_REPO, f"{GATED_REPO}:Q4_0"])
 def test_plan_of_a_gated_model_says_so(hub, name):
     assert_one_error(invoke("plan", name), f"{GATED_REPO} is gated")
+
+
+@pytest.mark.parametrize("flag", ["-p", "--system"])
+def test_prompt_and_system_prompt_of_invalid_utf8_are_answered(flag):
+    """Issue 11, defect 1: `-p` and `--system` that are not UTF-8 (sys.argv carries such bytes as
+    surrogates) crashed in the tokenizer after the model had loaded."""
+    bad = os.fsdecode(b"\xff\xfe caf\xe9")
+    args = ["-p", bad] if flag == "-p" else ["-p", "Hello", "--system", bad]
+    ran = moecli("run", "demo", "-t", "1", "-n", "4", "--ignore-eos", *args)
+    assert ran.code == 0, ran.output
+    assert "Traceback" not in ran.output
+    assert f"warning: {'--prompt' if flag == '-p' else '--system'} is not valid UTF-8" in ran.stderr
+    assert "generation 4 tok" in ran.stderr
+
+
+def test_the_tokenizer_takes_text_with_undecodable_bytes(demo_model_session):
+    from moecli.engine import Engine
+
+    with Engine(demo_model_session) as engine:
+        assert engine.tokenize(os.fsdecode(b"a\xffb")) == engine.tokenize("a\ufffdb")
+        assert engine.tokenize("x\ud800y") == engine.tokenize("x\ufffdy")  # any lone surrogate
