@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from moecli import paths
-from moecli.cpu import physical_cores  # noqa: F401 - machine.physical_cores is this module's too
+from moecli.cpu import logical_cores, physical_cores  # noqa: F401 - machine.physical_cores is this module's too
 from moecli.errors import BadInput
 from moecli.facts import GpuFacts, MachineFacts
 from moecli.units import MiB, fmt_bytes, parse_size
@@ -203,7 +203,7 @@ def probe_host(*, measure_bandwidth: bool = True) -> MachineFacts:
     memory = psutil.virtual_memory()
     bandwidth, note = ram_bandwidth() if measure_bandwidth else (None, "RAM bandwidth not measured")
     return MachineFacts((), int(memory.total), int(memory.available), physical_cores(), bandwidth,
-                        source=f"probed ({note})")
+                        source=f"probed ({note})", logical_cores=logical_cores())
 
 
 def probe(*, measure_bandwidth: bool = True) -> MachineFacts:

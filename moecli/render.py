@@ -98,6 +98,9 @@ _TEXT: dict[str, Callable] = {
                                                           "(pageable memory is copied to the GPU at ~8 instead of ~55 GB/s)")),
     "ubatch_below_offload": lambda x: (f"-ub {x.n_ubatch} is below {x.min_batch}: CPU-resident weights are not copied to "
                                        "the GPU for prompts, which then run on the CPU"),
+    "threads_over_cores": lambda x: (f"-t {x.threads} is more threads than the {x.logical_cores} this machine has: the "
+                                     "extra ones only wait for each other, and each token can take many times longer; "
+                                     f"use -t {x.logical_cores} or fewer (default: the physical cores)"),
     "non_experts_on_cpu": lambda x: ("some non-expert weights are on the CPU while experts are on the GPU: the GPU's memory "
                                      "does more for speed holding the non-expert weights, which every token reads"),
     "gave_up_kv_quant": _kv_quant,
