@@ -36,7 +36,8 @@ class _Commands(TyperGroup):
         except MoecliError as err:
             if os.environ.get("MOECLI_DEBUG"):
                 raise
-            Output().error(err)
+            if not getattr(err, "broken_pipe", False):  # the reader of a pipe left: nothing to say
+                Output().error(err)
             raise typer.Exit(err.exit_code) from None
 
 
@@ -111,15 +112,24 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's ow
 def main() -> None:
     """Entry point. Known errors are one line (see _Commands); Ctrl-C exits 130 (typer turns the
     KeyboardInterrupt into that exit code); anything else is a bug and shows a traceback."""
+    from moecli.output import OutputFailed, guarded
+
+    sys.stdout = guarded(sys.stdout)  # typer's --help writes there too, before any command runs
     try:
         app(prog_name="moecli")
     except KeyboardInterrupt:  # before typer runs (while importing)
         sys.exit(130)
+    except OutputFailed as failed:  # --help or --version on a full disk
+        if os.environ.get("MOECLI_DEBUG"):
+            raise
+        if not failed.broken_pipe:
+            Output().error(failed)
+        sys.exit(failed.exit_code)
 
 
 def _version(value: bool) -> None:
     if value:
-        print(f"moecli {__version__}")
+        Output().raw(f"moecli {__version__}")
         raise typer.Exit()
 
 
@@ -263,6 +273,8 @@ def run(
     _show_plan_findings(out, the_plan)
     engine = _load(out, located.path, the_plan.params, verbose)
     with engine:
+        if engine.n_ctx != the_plan.n_ctx:  # what llama.cpp made is what the chat has
+            out.note(f"llama.cpp made a context of {engine.n_ctx} tokens")
         sampling = Sampling.from_model(engine.metadata, ignore_eos=ignore_eos, **typed)
         session = chat.ChatSession(engine, sampling, out, system=system, show_thinking=not hide_thinking,
                                    template_kwargs=thinking)

@@ -294,7 +294,11 @@ def plan_summary(plan: Plan) -> str:
             parts.append(f"experts of {gpu_layers}/{len(pl.expert_layers)} layers on GPU")
     else:
         parts.append("CPU only")
-    parts.append(f"ctx {plan.params.n_ctx}")
+    # the context llama.cpp makes: -c rounded up to whole KV cells (256), as the plan's report says
+    made = f"ctx {plan.n_ctx}"
+    if plan.params.n_ctx and plan.n_ctx != plan.params.n_ctx:
+        made += f" (-c {plan.params.n_ctx} rounded up by llama.cpp)"
+    parts.append(made)
     if plan.params.type_k != "f16" or plan.params.type_v != "f16":
         parts.append(f"KV {plan.params.type_k}/{plan.params.type_v}")
     return "plan: " + ", ".join(parts) + " · " + " ".join(plan.params.to_llama_args())

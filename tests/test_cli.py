@@ -397,3 +397,54 @@ def test_the_tokenizer_takes_text_with_undecodable_bytes(demo_model_session):
     with Engine(demo_model_session) as engine:
         assert engine.tokenize(os.fsdecode(b"a\xffb")) == engine.tokenize("a\ufffdb")
         assert engine.tokenize("x\ud800y") == engine.tokenize("x\ufffdy")  # any lone surrogate
+
+
+def test_run_reports_the_context_llama_cpp_made():
+    """Issue 11, defect 12: `run -c 1` said ctx 1; llama.cpp makes 256 (whole KV cells)."""
+    ran = invoke("run", "demo", "-t", "1", "-c", "1", "-p", "Hello", "-n", "2", "--ignore-eos")
+    assert ran.code == 0, ran.output
+    assert ran.stderr.startswith("plan: CPU only, ctx 256 (-c 1 rounded up by llama.cpp)"), ran.stderr
+    assert "llama.cpp made a context" not in ran.stderr  # the plan's figure is the one it made
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [("plan", "demo"), ("plan", "demo", "--json"), ("--version",), ("plan", "--help"),
+                                  ("run", "demo", "-t", "1", "-p", "Hi", "-n", "2")])
+def test_stdout_on_a_full_disk_is_one_line(args):
+    """Issue 11, defect 5: `moecli plan demo > /dev/full` ended in a traceback from inside rich."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "moecli", *args], stdin=subprocess.DEVNULL, stdout=full,
+                              stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: cannot write to stdout: No space left on device"], done.stderr
+
+
+def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback():
+    proc = subprocess.Popen([sys.executable, "-m", "moecli", "plan", "demo"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), cwd=ROOT)
+    proc.stdout.close()  # `| head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+@pytest.mark.parametrize("entry", ["runpy", "script"])
+def test_ctrl_c_while_the_cli_is_still_importing_exits_130_quietly(entry):
+    """Issue 11, defect 11: Ctrl-C in the first ~0.3 s (typer and rich importing) printed a
+    KeyboardInterrupt traceback. The SIGINT is sent while `typer` is imported, as a user's would be."""
+    start = ("import runpy; runpy.run_module('moecli', run_name='__main__')" if entry == "runpy" else
+             "from moecli.__main__ import main; sys.exit(main())")  # what the installed `moecli` script does
+    code = ("import builtins, os, signal, sys\n"
+            "real = builtins.__import__\n"
+            "def hooked(name, *a, **k):\n"
+            "    if name == 'typer':\n"
+            "        builtins.__import__ = real\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = hooked\n"
+            "sys.argv = ['moecli', '--version']\n" + start + "\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+    assert done.stdout == ""
