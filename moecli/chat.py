@@ -103,7 +103,8 @@ class ReplyFigures:
     stopped: bool = False  # Ctrl-C
     context_full: bool = False
 
-    def line(self) -> str:
+    def line(self, *, chat: bool = True) -> str:
+        """The figures in one line; `chat=False` (`run -p`): without the chat's commands."""
         text = (
             f"prompt {self.prompt_n} tok, {self.prompt_per_second:.1f} tok/s · "
             f"generation {self.predicted_n} tok, {self.predicted_per_second:.1f} tok/s · "
@@ -112,7 +113,7 @@ class ReplyFigures:
         if self.stopped:
             text += " · stopped"
         if self.context_full:
-            text += " · the context is full: /reset starts over"
+            text += " · the context is full: " + ("/reset starts over" if chat else "a larger -c gives more room")
         return text
 
 

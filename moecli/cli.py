@@ -282,7 +282,7 @@ def run(
             chat.run_repl(session, _read_line, out)
             return
         figures = session.reply(prompt)
-        out.note(figures.line())
+        out.note(figures.line(chat=False))
         if figures.stopped:
             raise typer.Exit(130)  # Ctrl-C, as a shell expects of an interrupted command
 

@@ -199,6 +199,7 @@ def test_a_full_context_is_reported(demo_model_session):
     with Engine.load(demo_model_session, LlamaParams(n_ctx=256, n_threads=1)) as small:
         figures = ChatSession(small, Sampling(seed=1, ignore_eos=True), out).reply("word " * 200)
     assert figures.context_full and "/reset starts over" in figures.line()
+    assert "/reset" not in figures.line(chat=False)
     assert figures.prompt_n + figures.predicted_n >= 255
 
 

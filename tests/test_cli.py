@@ -448,3 +448,36 @@ def test_ctrl_c_while_the_cli_is_still_importing_exits_130_quietly(entry):
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def test_a_full_context_with_p_gives_no_chat_commands():
+    """Issue 11, defect 15: `-p` printed the chat's "/reset starts over"."""
+    ran = invoke("run", "demo", "-t", "1", "-c", "256", "-p", "word " * 200, "--ignore-eos", "--seed", "1")
+    assert ran.code == 0, ran.output
+    assert "the context is full: a larger -c gives more room" in ran.stderr and "/reset" not in ran.stderr
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+@pytest.mark.parametrize("vram", ["0", "0GiB", "0MiB"])
+def test_vram_zero_suggests_what_means_no_gpu(command, vram):
+    """Issue 11, defect 15: `--vram 0`'s hint suggested `0GiB`, which was then refused."""
+    ran = invoke(command, "demo", "--vram", vram, *(["-p", "hi"] if command == "run" else []))
+    assert_one_error(ran, f"--vram {vram}: a GPU with no memory is no GPU")
+    assert "--cpu-only" in ran.stderr and "0GiB" not in ran.stderr.replace(f"--vram {vram}", "")
+
+
+def test_plan_that_does_not_fit_ram_exits_1_and_says_what_would_fit():
+    """Issue 11, defect 3: `plan demo --ram 1MiB` said "Verdict: fits" and exited 0."""
+    ran = moecli("plan", "demo", "--ram", "1MiB")
+    assert ran.code == 1, ran.output
+    assert "Verdict: DOES NOT FIT" in ran.stdout and "would fit RAM with" in ran.stdout
+
+
+def test_the_qwen36_header_on_8_gib_of_ram_does_not_fit_and_says_what_would(tmp_path):
+    (path,) = build_recipe("qwen3.6-35b-a3b").write(tmp_path / "q36.gguf", fill="sparse")
+    ran = invoke("plan", str(path), "--ram", "8GiB", "--vram", "6GiB")
+    assert ran.code == 1, ran.output
+    assert "Verdict: DOES NOT FIT" in ran.stdout
+    assert re.search(r"would fit RAM with a quant at most \d+% the size of this one or [0-9.]+ GiB more free RAM",
+                     ran.stdout), ran.stdout
+    assert json.loads(invoke("plan", str(path), "--ram", "8GiB", "--vram", "6GiB", "--json").stdout)["plan"]["fits"] is False
