@@ -364,9 +364,15 @@ def bench(
         if not benchmod.agree(r.samples_ts):
             out.warn(f"{r.label} {r.test}: the repetitions disagree ({min(r.samples_ts):.2f} to "
                      f"{max(r.samples_ts):.2f} t/s): something else ran meanwhile; compare these figures with care")
-    out.result({"model": str(located.path), "machine": machine, "plan": job.plan.params.to_llama_args(),
-                "results": [r.to_dict() for r in done.results]},
-               csv=lambda: benchmod.to_csv(done.results), human=lambda: render.bench_table(out, done.results))
+    if done.partial:
+        out.warn("interrupted (Ctrl-C): partial results, only the repetitions measured until then"
+                 if done.results else "interrupted (Ctrl-C) before a repetition was measured")
+    if done.results:
+        out.result({"model": str(located.path), "machine": machine, "plan": job.plan.params.to_llama_args(),
+                    "partial": done.partial, "results": [r.to_dict() for r in done.results]},
+                   csv=lambda: benchmod.to_csv(done.results), human=lambda: render.bench_table(out, done.results))
+    if done.partial:
+        raise typer.Exit(130)
 
 
 # --- pull / list / rm -------------------------------------------------------------------------------
@@ -420,7 +426,11 @@ def pull(
             label = {"check": "checking", "download": "downloading", "done": "done"}.get(p.stage, p.stage)
             progress.update(task, description=f"{label} {p.file_index}/{p.n_files}", completed=p.done, total=p.total)
 
-        pulled = usecases.pull(model, machine, before_download=before_download, on_progress=on_progress)
+        try:
+            pulled = usecases.pull(model, machine, before_download=before_download, on_progress=on_progress)
+        except KeyboardInterrupt:
+            out.note(f"interrupted: what was downloaded is kept; `moecli pull {model}` again resumes it")
+            raise typer.Exit(130) from None
     got = f"downloaded {fmt_bytes(pulled.downloaded)}"
     if pulled.downloaded and pulled.seconds > 0:
         got += f" in {pulled.seconds:.{1 if pulled.seconds >= 1 else 2}f} s, {fmt_bytes(pulled.downloaded / pulled.seconds)}/s"

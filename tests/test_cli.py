@@ -481,3 +481,38 @@ def test_the_qwen36_header_on_8_gib_of_ram_does_not_fit_and_says_what_would(tmp_
     assert re.search(r"would fit RAM with a quant at most \d+% the size of this one or [0-9.]+ GiB more free RAM",
                      ran.stdout), ran.stdout
     assert json.loads(invoke("plan", str(path), "--ram", "8GiB", "--vram", "6GiB", "--json").stdout)["plan"]["fits"] is False
+
+
+def test_ctrl_c_during_bench_prints_what_was_measured_marked_partial(monkeypatch):
+    """Issue 11, defect 10: Ctrl-C during `bench` printed nothing and dropped the finished
+    repetitions. The SIGINT comes after the third tg repetition, as a user's Ctrl-C would."""
+    from moecli.engine import Engine
+
+    real, calls = Engine.bench_gen, []
+
+    def bench_gen(self, *args, **kwargs):
+        seconds = real(self, *args, **kwargs)
+        calls.append(seconds)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return seconds
+
+    monkeypatch.setattr(Engine, "bench_gen", bench_gen)
+    ran = invoke("bench", "demo", "-t", "1", "-p", "16", "-n", "4", "-r", "10", "--json")
+    assert ran.code == 130, ran.output
+    assert "interrupted (Ctrl-C): partial results" in ran.stderr
+    data = json.loads(ran.stdout)
+    assert data["partial"] is True
+    assert [(r["test"], len(r["samples_ns"])) for r in data["results"]] == [("pp16", 10), ("tg4", 3)]
+
+
+def test_ctrl_c_during_pull_says_that_pulling_again_resumes(monkeypatch):
+    from moecli import app as usecases
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(usecases, "pull", interrupted)
+    ran = invoke("pull", f"{TINY_REPO}:Q4_K_M", "--yes")
+    assert ran.code == 130
+    assert f"`moecli pull {TINY_REPO}:Q4_K_M` again resumes it" in ran.stderr

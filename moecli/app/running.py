@@ -112,6 +112,7 @@ class BenchRun:
     """The rows measured."""
 
     results: list[benchmod.BenchResult] = field(default_factory=list)
+    partial: bool = False  # Ctrl-C: the repetitions measured until then
 
 
 def run_bench(path: Path, job: BenchJob, spec: benchmod.BenchSpec, machine_facts: MachineFacts, *,
@@ -132,14 +133,18 @@ def run_bench(path: Path, job: BenchJob, spec: benchmod.BenchSpec, machine_facts
             raise KeyboardInterrupt
 
     done = BenchRun()
-    with ctrl_c_sets(interrupted):
-        for i, (label, params) in enumerate(job.configs, 1):
-            with (on_config(i, label) if on_config else None) or nullcontext():
-                rows = benchmod.run_config(
-                    path, label, with_threads(params), spec, vram_used=vram_used, on_rep=check,
-                    load=lambda p, prm: Engine.load(p, prm, on_progress=check, on_log=on_log))
-            done.results += rows
-            if on_config_done:
-                on_config_done(i, label, rows)
-    check()
+    try:
+        with ctrl_c_sets(interrupted):
+            for i, (label, params) in enumerate(job.configs, 1):
+                with (on_config(i, label) if on_config else None) or nullcontext():
+                    rows = benchmod.run_config(
+                        path, label, with_threads(params), spec, vram_used=vram_used, on_rep=check,
+                        load=lambda p, prm: Engine.load(p, prm, on_progress=check, on_log=on_log))
+                done.results += rows
+                if on_config_done:
+                    on_config_done(i, label, rows)
+        check()
+    except KeyboardInterrupt as stop:  # what was measured stays: the caller shows it, marked partial
+        done.results += getattr(stop, "rows", [])
+        done.partial = True
     return done
