@@ -320,3 +320,20 @@ def test_the_repl_drops_a_line_a_strict_reader_could_not_decode(engine):
     run_repl(session, reader(iter([bad, "Hi", EOFError()])), out)
     assert "was not valid UTF-8 and was dropped" in out.stderr.getvalue()
     assert len(session.history) == 1
+
+
+def test_sigterm_during_a_reply_leaves_the_cursor_visible():
+    """Issue 11, defect 9: SIGTERM while a reply streamed left the terminal's cursor hidden."""
+    import signal
+
+    pexpect = pytest.importorskip("pexpect")
+    child = spawn("run", "demo", "-t", "1", "--ignore-eos", "--seed", "5", rows=24, cols=80)
+    child.expect_exact(">>> ")
+    child.sendline("Tell me a long story.")
+    child.expect(r"\(live\)")  # streaming: the live area hid the cursor
+    child.kill(signal.SIGTERM)
+    child.expect(pexpect.EOF)
+    child.close()
+    seen = child.before or ""
+    assert seen.rfind("\x1b[?25h") > seen.rfind("\x1b[?25l"), repr(seen[-300:])
+    assert child.exitstatus == 143 and "Traceback" not in plain(seen)

@@ -26,20 +26,28 @@ if TYPE_CHECKING:
 def ctrl_c_sets(flag: list[bool]) -> Iterator[None]:
     """While the block runs, Ctrl-C only raises a flag that the code polls (between tokens, between
     load steps): a KeyboardInterrupt raised inside a llama.cpp callback would be lost (ctypes
-    prints and drops it) or leave llama.cpp's state unknown."""
+    prints and drops it) or leave llama.cpp's state unknown. SIGTERM stops the same way, then
+    exits 143 once the block is left: a live display has restored the terminal (its cursor) by then."""
+    terminated = [False]
 
     def handler(signum, frame):
         flag[0] = True
+        if signum == signal.SIGTERM:
+            terminated[0] = True
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread (tests): nothing to install
         yield
         return
+    previous_term = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        if terminated[0]:
+            raise SystemExit(128 + signal.SIGTERM)
 
 
 def with_threads(params: LlamaParams) -> LlamaParams:
