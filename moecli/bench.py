@@ -223,6 +223,14 @@ def sweep(plan: Plan, fits: Callable[[LlamaParams], bool],
     return configs, left_out
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a configuration was measured: `rows` holds the repetitions done by then."""
+
+    def __init__(self, rows: list[BenchResult]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
 def run_config(path: Path, label: str, params: LlamaParams, spec: BenchSpec, *,
                load: Callable[[Path, LlamaParams], object],
                vram_used: Callable[[], int | None] | None = None,
@@ -231,24 +239,28 @@ def run_config(path: Path, label: str, params: LlamaParams, spec: BenchSpec, *,
     llama-bench). `load(path, params)` returns an engine (moecli.engine.Engine.load)."""
     tests = [(n, 0) for n in (spec.n_prompt,) if n > 0] + [(0, n) for n in (spec.n_gen,) if n > 0]
     samples: dict[tuple[int, int], list[int]] = {}
+    interrupted = False
     with PeakSampler(vram_used) as peaks:
         with load(path, params) as engine:
-            for n_prompt, n_gen in tests:
-                engine.bench_warmup(n_prompt, n_gen)
-                runs = samples.setdefault((n_prompt, n_gen), [])
-                for rep in range(spec.reps):
-                    if n_prompt:
-                        seconds = engine.bench_prompt(n_prompt, depth=spec.n_depth, seed=rep)
-                    else:
-                        seconds = engine.bench_gen(n_gen, depth=spec.n_depth, seed=rep)
-                    runs.append(round(seconds * 1e9))
-                    if on_rep:
-                        on_rep(f"pp{n_prompt}" if n_prompt else f"tg{n_gen}", rep + 1)
+            try:
+                for n_prompt, n_gen in tests:
+                    engine.bench_warmup(n_prompt, n_gen)
+                    runs = samples.setdefault((n_prompt, n_gen), [])
+                    for rep in range(spec.reps):
+                        if n_prompt:
+                            seconds = engine.bench_prompt(n_prompt, depth=spec.n_depth, seed=rep)
+                        else:
+                            seconds = engine.bench_gen(n_gen, depth=spec.n_depth, seed=rep)
+                        runs.append(round(seconds * 1e9))
+                        if on_rep:
+                            on_rep(f"pp{n_prompt}" if n_prompt else f"tg{n_gen}", rep + 1)
+            except KeyboardInterrupt:  # keep the repetitions measured (Interrupted carries them)
+                interrupted = True
             facts = dict(model_type=engine.model_type, model_size=engine.model_size,
                          model_n_params=engine.model_n_params, n_threads=engine.n_threads, n_ctx=engine.n_ctx,
                          load_mode=engine.report.load_mode or params.load_mode,
                          flash_attn=_flash(engine.report.flash_attn, params.flash_attn))
-    return [
+    rows = [
         BenchResult(
             label=label, model_filename=str(path), n_batch=params.n_batch, n_ubatch=params.n_ubatch,
             type_k=params.type_k, type_v=params.type_v, n_gpu_layers=params.n_gpu_layers,
@@ -257,8 +269,11 @@ def run_config(path: Path, label: str, params: LlamaParams, spec: BenchSpec, *,
             n_prompt=n_prompt, n_gen=n_gen, n_depth=spec.n_depth, samples_ns=tuple(runs),
             peak_ram_bytes=peaks.peak_ram, peak_vram_bytes=peaks.peak_vram, **facts,
         )
-        for (n_prompt, n_gen), runs in samples.items()
+        for (n_prompt, n_gen), runs in samples.items() if runs
     ]
+    if interrupted:
+        raise Interrupted(rows)
+    return rows
 
 
 def _flash(resolved: bool | None, wished: str) -> str:

@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from moecli.app.running import ctrl_c_sets
+from moecli.engine.core import valid_text
 from moecli.errors import MoecliError
 from moecli.output import Output
 
@@ -31,6 +32,14 @@ HELP = """\
 Ctrl-C stops the reply being written; at the prompt it clears the line."""
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+NOT_UTF8 = "not valid UTF-8: the bytes that are not are sent as \ufffd"
+
+
+def valid_input(text: str) -> tuple[str, bool]:
+    """What the user typed, as valid text: bytes that were not UTF-8 (lone surrogates in a str
+    from the terminal or the command line) become U+FFFD; and whether there were any."""
+    valid = valid_text(text)
+    return valid, valid != text
 
 
 def opens_thinking(prompt: str) -> bool:
@@ -94,7 +103,8 @@ class ReplyFigures:
     stopped: bool = False  # Ctrl-C
     context_full: bool = False
 
-    def line(self) -> str:
+    def line(self, *, chat: bool = True) -> str:
+        """The figures in one line; `chat=False` (`run -p`): without the chat's commands."""
         text = (
             f"prompt {self.prompt_n} tok, {self.prompt_per_second:.1f} tok/s · "
             f"generation {self.predicted_n} tok, {self.predicted_per_second:.1f} tok/s · "
@@ -103,7 +113,7 @@ class ReplyFigures:
         if self.stopped:
             text += " · stopped"
         if self.context_full:
-            text += " · the context is full: /reset starts over"
+            text += " · the context is full: " + ("/reset starts over" if chat else "a larger -c gives more room")
         return text
 
 
@@ -328,6 +338,12 @@ def run_repl(session: ChatSession, read_line: Callable[[str], str], out: Output)
         except KeyboardInterrupt:
             out.print("")
             continue
+        except UnicodeDecodeError:  # a reader that decodes strictly: the line is gone
+            out.warn("that line was not valid UTF-8 and was dropped (is the terminal set to UTF-8?)")
+            continue
+        line, bad = valid_input(line)
+        if bad:
+            out.warn(f"that line was {NOT_UTF8} (is the terminal set to UTF-8?)")
         text = line.strip()
         if not text:
             continue

@@ -36,7 +36,8 @@ class _Commands(TyperGroup):
         except MoecliError as err:
             if os.environ.get("MOECLI_DEBUG"):
                 raise
-            Output().error(err)
+            if not getattr(err, "broken_pipe", False):  # the reader of a pipe left: nothing to say
+                Output().error(err)
             raise typer.Exit(err.exit_code) from None
 
 
@@ -111,15 +112,24 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's ow
 def main() -> None:
     """Entry point. Known errors are one line (see _Commands); Ctrl-C exits 130 (typer turns the
     KeyboardInterrupt into that exit code); anything else is a bug and shows a traceback."""
+    from moecli.output import OutputFailed, guarded
+
+    sys.stdout = guarded(sys.stdout)  # typer's --help writes there too, before any command runs
     try:
         app(prog_name="moecli")
     except KeyboardInterrupt:  # before typer runs (while importing)
         sys.exit(130)
+    except OutputFailed as failed:  # --help or --version on a full disk
+        if os.environ.get("MOECLI_DEBUG"):
+            raise
+        if not failed.broken_pipe:
+            Output().error(failed)
+        sys.exit(failed.exit_code)
 
 
 def _version(value: bool) -> None:
     if value:
-        print(f"moecli {__version__}")
+        Output().raw(f"moecli {__version__}")
         raise typer.Exit()
 
 
@@ -268,11 +278,14 @@ def run(
         typed["grammar"] = grammar
         thinking = {"enable_thinking": False}  # the grammar holds from the first token
     Sampling(**typed)  # bad values are refused before the model is loaded
+    prompt, system = _valid_argument(out, prompt, "--prompt"), _valid_argument(out, system, "--system")
     located, facts, machine = _prepare_local(out, model, request)
     the_plan = usecases.plan_for(facts, machine, request, planning=False)
     _show_plan_findings(out, the_plan)
     engine = _load(out, located.path, the_plan.params, verbose)
     with engine:
+        if engine.n_ctx != the_plan.n_ctx:  # what llama.cpp made is what the chat has
+            out.note(f"llama.cpp made a context of {engine.n_ctx} tokens")
         sampling = Sampling.from_model(engine.metadata, ignore_eos=ignore_eos, **typed)
         if no_conversation:
             figures = chat.complete_once(engine, prompt, sampling, out)
@@ -289,9 +302,22 @@ def run(
             chat.run_repl(session, _read_line, out)
             return
         figures = session.reply(prompt)
-        out.note(figures.line())
+        out.note(figures.line(chat=False))
         if figures.stopped:
             raise typer.Exit(130)  # Ctrl-C, as a shell expects of an interrupted command
+
+
+def _valid_argument(out: Output, text: str | None, flag: str) -> str | None:
+    """An argument as valid text (bytes that are not UTF-8 reach Python as surrogates): U+FFFD
+    for those bytes, said once."""
+    if text is None:
+        return None
+    from moecli import chat
+
+    valid, bad = chat.valid_input(text)
+    if bad:
+        out.warn(f"{flag} is {chat.NOT_UTF8}")
+    return valid
 
 
 def _read_line(prompt: str) -> str:
@@ -299,6 +325,9 @@ def _read_line(prompt: str) -> str:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
+    # bytes that are not UTF-8 arrive as surrogates (the chat replaces them) instead of an error
+    if getattr(sys.stdin, "errors", None) != "surrogateescape" and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")
     return input(prompt)
 
 
@@ -355,9 +384,15 @@ def bench(
         if not benchmod.agree(r.samples_ts):
             out.warn(f"{r.label} {r.test}: the repetitions disagree ({min(r.samples_ts):.2f} to "
                      f"{max(r.samples_ts):.2f} t/s): something else ran meanwhile; compare these figures with care")
-    out.result({"model": str(located.path), "machine": machine, "plan": job.plan.params.to_llama_args(),
-                "results": [r.to_dict() for r in done.results]},
-               csv=lambda: benchmod.to_csv(done.results), human=lambda: render.bench_table(out, done.results))
+    if done.partial:
+        out.warn("interrupted (Ctrl-C): partial results, only the repetitions measured until then"
+                 if done.results else "interrupted (Ctrl-C) before a repetition was measured")
+    if done.results:
+        out.result({"model": str(located.path), "machine": machine, "plan": job.plan.params.to_llama_args(),
+                    "partial": done.partial, "results": [r.to_dict() for r in done.results]},
+                   csv=lambda: benchmod.to_csv(done.results), human=lambda: render.bench_table(out, done.results))
+    if done.partial:
+        raise typer.Exit(130)
 
 
 # --- pull / list / rm / verify ------------------------------------------------------------------------
@@ -424,7 +459,11 @@ def pull(
             label = {"check": "checking", "download": "downloading", "done": "done"}.get(p.stage, p.stage)
             progress.update(task, description=f"{label} {p.file_index}/{p.n_files}", completed=p.done, total=p.total)
 
-        report = usecases.pull(model, machine, before_download=before_download, on_progress=on_progress, rehash=verify)
+        try:
+            report = usecases.pull(model, machine, before_download=before_download, on_progress=on_progress, rehash=verify)
+        except KeyboardInterrupt:
+            out.note(f"interrupted: what was downloaded is kept; `moecli pull {model}` again resumes it")
+            raise typer.Exit(130) from None
     pulled = report.pulled
     if report.llama_cache:
         out.warn(report.llama_cache)

@@ -163,6 +163,7 @@ class MachineFacts:
     physical_cores: int
     ram_bandwidth: float | None = None  # bytes/s, from a profile or a measurement
     source: str = "probed"  # "probed", "profile gtx1060-6gb", "probed + --vram 6GiB", ...
+    logical_cores: int | None = None  # hardware threads, where known (this machine's; a profile has none)
 
     @property
     def has_gpu(self) -> bool:

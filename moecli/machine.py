@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from moecli import paths
-from moecli.cpu import physical_cores  # noqa: F401 - machine.physical_cores is this module's too
+from moecli.cpu import logical_cores, physical_cores  # noqa: F401 - machine.physical_cores is this module's too
 from moecli.errors import BadInput
 from moecli.facts import GpuFacts, MachineFacts
 from moecli.units import MiB, fmt_bytes, parse_size
@@ -203,7 +204,7 @@ def probe_host(*, measure_bandwidth: bool = True) -> MachineFacts:
     memory = psutil.virtual_memory()
     bandwidth, note = ram_bandwidth() if measure_bandwidth else (None, "RAM bandwidth not measured")
     return MachineFacts((), int(memory.total), int(memory.available), physical_cores(), bandwidth,
-                        source=f"probed ({note})")
+                        source=f"probed ({note})", logical_cores=logical_cores())
 
 
 def probe(*, measure_bandwidth: bool = True) -> MachineFacts:
@@ -318,6 +319,18 @@ def load_profile(name: str, *, host: MachineFacts | None = None, measure_bandwid
 # overrides
 
 
+def vram_bytes(vram: str | int) -> int:
+    """--vram as bytes; zero (with a unit or without) is refused with the flag that means it."""
+    if isinstance(vram, str) and re.fullmatch(r"\s*0*\.?0*\s*[A-Za-z]*\s*", vram) and re.search(r"0", vram):
+        size = 0
+    else:
+        size = parse_size(vram, "--vram") if isinstance(vram, str) else int(vram)
+    if size <= 0:
+        raise BadInput(f"--vram {vram}: a GPU with no memory is no GPU",
+                       "plan without one with --cpu-only, or give the card's memory, e.g. --vram 6GiB")
+    return size
+
+
 def apply_overrides(facts: MachineFacts, *, vram: str | int | None = None, ram: str | int | None = None,
                     cpu_only: bool = False) -> MachineFacts:
     """Plan for a machine a little different from this one.
@@ -331,9 +344,7 @@ def apply_overrides(facts: MachineFacts, *, vram: str | int | None = None, ram: 
         raise BadInput("--cpu-only and --vram contradict each other", "give one of them")
     notes = []
     if vram is not None:
-        size = parse_size(vram, "--vram") if isinstance(vram, str) else int(vram)
-        if size <= 0:
-            raise BadInput(f"--vram {vram!r} must be more than zero", "e.g. --vram 6GiB")
+        size = vram_bytes(vram)
         if facts.gpus:
             first = replace(facts.gpus[0], total_bytes=size, free_bytes=size)
             gpus = (first, *facts.gpus[1:])

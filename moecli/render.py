@@ -98,6 +98,9 @@ _TEXT: dict[str, Callable] = {
                                                           "(pageable memory is copied to the GPU at ~8 instead of ~55 GB/s)")),
     "ubatch_below_offload": lambda x: (f"-ub {x.n_ubatch} is below {x.min_batch}: CPU-resident weights are not copied to "
                                        "the GPU for prompts, which then run on the CPU"),
+    "threads_over_cores": lambda x: (f"-t {x.threads} is more threads than the {x.logical_cores} this machine has: the "
+                                     "extra ones only wait for each other, and each token can take many times longer; "
+                                     f"use -t {x.logical_cores} or fewer (default: the physical cores)"),
     "non_experts_on_cpu": lambda x: ("some non-expert weights are on the CPU while experts are on the GPU: the GPU's memory "
                                      "does more for speed holding the non-expert weights, which every token reads"),
     "gave_up_kv_quant": _kv_quant,
@@ -291,7 +294,11 @@ def plan_summary(plan: Plan) -> str:
             parts.append(f"experts of {gpu_layers}/{len(pl.expert_layers)} layers on GPU")
     else:
         parts.append("CPU only")
-    parts.append(f"ctx {plan.params.n_ctx}")
+    # the context llama.cpp makes: -c rounded up to whole KV cells (256), as the plan's report says
+    made = f"ctx {plan.n_ctx}"
+    if plan.params.n_ctx and plan.n_ctx != plan.params.n_ctx:
+        made += f" (-c {plan.params.n_ctx} rounded up by llama.cpp)"
+    parts.append(made)
     if plan.params.type_k != "f16" or plan.params.type_v != "f16":
         parts.append(f"KV {plan.params.type_k}/{plan.params.type_v}")
     return "plan: " + ", ".join(parts) + " · " + " ".join(plan.params.to_llama_args())

@@ -624,3 +624,37 @@ def test_every_language_model_tensor_name_has_a_role():
                 unclassified.add(name)
     assert unclassified <= {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight",
                             "blk.0.nextn.eh_proj.weight"}
+
+
+def test_a_whole_model_named_like_a_shard_is_called_what_it_is(split_model, tmp_path):
+    """Issue 11, defect 15: an unsplit file posing as shard 3 "says it is shard 3 of 1"."""
+    import shutil
+
+    paths, single = split_model
+    for p in paths:
+        shutil.copy(p, tmp_path / p.name)
+    shutil.copy(single, tmp_path / paths[2].name)
+    with pytest.raises(ModelFileError) as caught:
+        read_model(tmp_path / paths[0].name)
+    assert caught.value.message == (f"{paths[2].name} is not a shard of a split model (it has no split.count), "
+                                    "but its name says shard 3 of 3")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "/dev/null"])
+def test_what_exists_but_is_not_a_file_is_not_called_missing(tmp_path, kind):
+    """Issue 11, defect 15: a FIFO, a link to /dev/zero and /dev/null were "does not exist"."""
+    from cliutil import assert_one_error, invoke
+
+    path = tmp_path / "m.gguf"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "/dev/null":
+        path = Path("/dev/null")
+    else:
+        path.symlink_to("/dev/zero")
+    expected = {"fifo": "is a named pipe (FIFO), not a regular file",
+                "link to /dev/zero": "is a link to /dev/zero, a character device, not a regular file",
+                "/dev/null": "is a character device, not a regular file"}[kind]
+    assert_one_error(invoke("plan", str(path)), f"{path} {expected}")
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        read_model(path)

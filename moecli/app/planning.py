@@ -64,6 +64,8 @@ def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | No
     """The machine as this llama.cpp build can use it, and a note when that differs from the
     machine: `run` and `bench` load on this machine, so `--vram` without a GPU cannot mean
     anything there."""
+    if options.vram is not None:
+        machine.vram_bytes(options.vram)  # a bad or zero --vram is refused as `plan` refuses it
     facts = machine.resolve(profile=options.profile, ram=options.ram, cpu_only=options.cpu_only)
     if facts.gpus:
         from moecli import engine  # loads libllama: only when a model will be loaded

@@ -26,20 +26,28 @@ if TYPE_CHECKING:
 def ctrl_c_sets(flag: list[bool]) -> Iterator[None]:
     """While the block runs, Ctrl-C only raises a flag that the code polls (between tokens, between
     load steps): a KeyboardInterrupt raised inside a llama.cpp callback would be lost (ctypes
-    prints and drops it) or leave llama.cpp's state unknown."""
+    prints and drops it) or leave llama.cpp's state unknown. SIGTERM stops the same way, then
+    exits 143 once the block is left: a live display has restored the terminal (its cursor) by then."""
+    terminated = [False]
 
     def handler(signum, frame):
         flag[0] = True
+        if signum == signal.SIGTERM:
+            terminated[0] = True
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread (tests): nothing to install
         yield
         return
+    previous_term = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        if terminated[0]:
+            raise SystemExit(128 + signal.SIGTERM)
 
 
 def with_threads(params: LlamaParams) -> LlamaParams:
@@ -114,6 +122,7 @@ class BenchRun:
     """The rows measured."""
 
     results: list[benchmod.BenchResult] = field(default_factory=list)
+    partial: bool = False  # Ctrl-C: the repetitions measured until then
 
 
 def run_bench(path: Path, job: BenchJob, spec: benchmod.BenchSpec, machine_facts: MachineFacts, *,
@@ -135,14 +144,18 @@ def run_bench(path: Path, job: BenchJob, spec: benchmod.BenchSpec, machine_facts
             raise KeyboardInterrupt
 
     done = BenchRun()
-    with ctrl_c_sets(interrupted):
-        for i, (label, params) in enumerate(job.configs, 1):
-            with (on_config(i, label) if on_config else None) or nullcontext():
-                rows = benchmod.run_config(
-                    path, label, with_threads(params), spec, vram_used=vram_used, on_rep=check,
-                    load=lambda p, prm: Engine.load(p, prm, on_progress=check, on_log=on_log))
-            done.results += rows
-            if on_config_done:
-                on_config_done(i, label, rows)
-    check()
+    try:
+        with ctrl_c_sets(interrupted):
+            for i, (label, params) in enumerate(job.configs, 1):
+                with (on_config(i, label) if on_config else None) or nullcontext():
+                    rows = benchmod.run_config(
+                        path, label, with_threads(params), spec, vram_used=vram_used, on_rep=check,
+                        load=lambda p, prm: Engine.load(p, prm, on_progress=check, on_log=on_log))
+                done.results += rows
+                if on_config_done:
+                    on_config_done(i, label, rows)
+        check()
+    except KeyboardInterrupt as stop:  # what was measured stays: the caller shows it, marked partial
+        done.results += getattr(stop, "rows", [])
+        done.partial = True
     return done

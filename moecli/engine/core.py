@@ -140,6 +140,21 @@ class Utf8Stream:
         return self._decoder.decode(b"", final=True)
 
 
+def valid_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD. A str from the command line or a terminal
+    that was not valid UTF-8 carries each bad byte as one (Python's surrogateescape); llama.cpp
+    needs valid UTF-8, so those bytes become what a UTF-8 decoder with replacement shows."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        escaped = text.encode("utf-8", "surrogateescape") if all(
+            "\udc80" <= c <= "\udcff" for c in text if "\ud800" <= c <= "\udfff") else None
+        if escaped is not None:
+            return escaped.decode("utf-8", "replace")
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
 class Engine:
     """A loaded model with one context (one sequence): chat, complete, bench. Not thread-safe.
     Use as a context manager or call close(); llama.cpp's log stays captured while it is open."""
@@ -274,7 +289,7 @@ class Engine:
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         self._require_open()
-        data = text.encode("utf-8")
+        data = valid_text(text).encode("utf-8")
         size = len(data) + 8
         while True:
             out = (_llama.llama_token * size)()

@@ -45,6 +45,7 @@ from moecli.planner.types import (
     RamLoadFails,
     RamPages,
     RamWouldFit,
+    ThreadsOverCores,
     UbatchBelowOffload,
     Wishes,
 )
@@ -124,6 +125,8 @@ def _finish(m: _Model, machine: MachineFacts, gpu: GpuFacts | None, params: Llam
     devices = (acc.gpu, acc.cpu) if acc.gpu is not None else (acc.cpu,)
     f = m.facts
     found = list(findings)
+    if machine.logical_cores and params.n_threads > machine.logical_cores:
+        found.append(ThreadsOverCores(params.n_threads, machine.logical_cores))
     if not m.is_moe:
         found.append(DenseModel())
     if len(machine.gpus) > 1 and gpu is not None:
@@ -197,8 +200,9 @@ def plan(model: ModelFacts, machine: MachineFacts, wishes: Wishes = Wishes()) ->
 def _base_setup(m: _Model, wishes: Wishes, n_ctx: int) -> _Setup:
     type_k = wishes.type_k or "f16"
     type_v = wishes.type_v or "f16"
-    n_ubatch = wishes.n_ubatch or DEFAULT_UBATCH
-    n_batch = max(wishes.n_batch or DEFAULT_BATCH, n_ubatch)
+    # llama.cpp lowers -ub to -b (llama_context: n_ubatch = min(n_batch, n_ubatch)), never raises -b
+    n_batch = wishes.n_batch or DEFAULT_BATCH
+    n_ubatch = min(wishes.n_ubatch or DEFAULT_UBATCH, n_batch)
     return _Setup(n_ctx, type_k, type_v, n_ubatch, n_batch, _flash_attn(wishes, type_v))
 
 
@@ -509,8 +513,9 @@ class _Search:
             alt("all experts on CPU (--cpu-moe)", _where(m, self.all_layers, gpu_experts=()),
                 params.with_(cpu_moe=True, n_cpu_moe=0, tensor_overrides=()),
                 "leaves GPU memory unused that could hold expert layers")
-        if m.is_moe and ngl == self.all_layers and not all_on_gpu and self.wishes.n_ubatch is None:
-            big = replace(setup, n_ubatch=2048, n_batch=max(setup.n_batch, 2048))
+        if m.is_moe and ngl == self.all_layers and not all_on_gpu and self.wishes.n_ubatch is None \
+                and setup.n_batch >= 2048:  # a -b the user typed stays as typed
+            big = replace(setup, n_ubatch=2048)
             if big.reserve_tokens > setup.reserve_tokens:
                 a = self.gpu_account(big, _where(m, ngl, gpu_experts=gpu_layers, partial=partial))
                 extra = a.gpu.total - acc.gpu.total

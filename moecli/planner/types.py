@@ -254,6 +254,17 @@ class NonExpertsOnCpu(Finding):
     kind: ClassVar[Kind] = Kind.WARNING
 
 
+@dataclass(frozen=True)
+class ThreadsOverCores(Finding):
+    """More threads (-t) than the machine has hardware threads: llama.cpp's threads wait for each
+    other at every step of every token."""
+
+    code: ClassVar[str] = "threads_over_cores"
+    kind: ClassVar[Kind] = Kind.WARNING
+    threads: int
+    logical_cores: int
+
+
 # -- what was given up
 
 
