@@ -59,9 +59,11 @@ _PLACEMENT = "Placement (llama.cpp flags; default: moecli's plan)"
 # command's signature and hands the command one `app.Request` built from them.
 _PLAN_OPTIONS: dict[str, tuple[object, object]] = {  # name -> (annotation, default)
     "profile": (Annotated[Optional[str], typer.Option("--profile", help="Plan for a machine profile (configs/machines), e.g. gtx1060-6gb.", rich_help_panel="Machine")], None),
-    "vram": (Annotated[Optional[str], typer.Option("--vram", help="The GPU memory to plan for, e.g. 6GiB.", rich_help_panel="Machine")], None),
+    "vram": (Annotated[Optional[str], typer.Option("--vram", help="The GPU memory to plan for, e.g. 6GiB (6GiB,8GiB: one per GPU).", rich_help_panel="Machine")], None),
     "ram": (Annotated[Optional[str], typer.Option("--ram", help="The machine's RAM to plan for, e.g. 32GiB.", rich_help_panel="Machine")], None),
     "cpu_only": (Annotated[bool, typer.Option("--cpu-only", help="Use no GPU.", rich_help_panel="Machine")], False),
+    "rpc": (Annotated[Optional[str], typer.Option("--rpc", help="llama.cpp RPC workers HOST:PORT[,...] (moecli rpc-server); their devices come first, as in llama.cpp.", rich_help_panel="Machine")], None),
+    "rpc_mem": (Annotated[Optional[str], typer.Option("--rpc-mem", help="The RPC workers' memory, one size or one per worker (plan for workers not started yet), e.g. 32GiB.", rich_help_panel="Machine")], None),
     "margin": (Annotated[Optional[str], typer.Option("--margin", help="VRAM kept free below the budget (default 256MiB).", rich_help_panel="Machine")], None),
     "ctx": (Annotated[Optional[str], typer.Option("--ctx-size", "-c", "--ctx", help="Context in tokens (8192, 32k) or 'max'. Default 4096.", rich_help_panel="Context")], None),
     "ctk": (Annotated[Optional[str], typer.Option("--cache-type-k", "-ctk", help="KV cache type for K (f16, q8_0, q4_0, ...).", rich_help_panel="Context")], None),

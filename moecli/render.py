@@ -74,6 +74,10 @@ def _ram_would_fit(x: RamWouldFit) -> str:
     return "would fit RAM with " + (", ".join(ways[:-1]) + " or " if len(ways) > 1 else "") + ways[-1]
 
 
+def _ceil_gib(n: int) -> int:
+    return max(1, -(-n // 2**30))
+
+
 def _kv_quant(x: GaveUpKvQuant) -> str:
     if x.rescue:
         return f"KV cache precision: -> {x.after}"
@@ -91,6 +95,9 @@ _TEXT: dict[str, Callable] = {
                             f"about {fmt_bytes(x.budget)} is available: the OS will page weights from disk for every "
                             "token and speed will collapse"),
     "ram_would_fit": _ram_would_fit,
+    "rpc_would_fit": lambda x: (f"or RPC workers with {fmt_bytes(x.missing)} free beyond this plan's: start "
+                                "`moecli rpc-server` on other machines and plan with --rpc HOST:PORT "
+                                f"(--rpc-mem SIZE before they run), e.g. --rpc HOST:50052 --rpc-mem {_ceil_gib(x.missing)}GiB"),
     # the measured ~8 and ~55 GB/s: see moecli.planner.MmapExpertsSlowPrompt
     "mmap_experts_slow_prompt": lambda x: ("expert weights on the CPU with mmap: prompt processing is ~5x slower than with "
                                            "-lm none " + ("(pageable memory is copied to the GPU more slowly); more free "
@@ -148,6 +155,13 @@ def placement_lines(placement: Placement) -> list[str]:
     """The compact picture of a placement, a few lines for people."""
     p = placement
     out = ["input: token embedding on CPU (llama.cpp never offloads it)"]
+    if p.by_device:
+        for device, layers, expert_layers in p.by_device:
+            out.append(f"{device}: layers {_ranges(layers) or 'none'}; experts of layers {_ranges(expert_layers) or 'none'}")
+        last = next((d for d, layers, _ in p.by_device if p.n_layer - 1 in layers), "CPU")
+        out.append(f"output head on {last if p.output_on_gpu else 'CPU'}; "
+                   f"experts on CPU: layers {_ranges(p.expert_layers_cpu) or 'none'}")
+        return out
     out.append(f"layers on GPU: {_ranges(p.gpu_layers) or 'none'} of 0-{p.n_layer - 1}; "
                f"output head on {'GPU' if p.output_on_gpu else 'CPU'}")
     if p.expert_layers:
