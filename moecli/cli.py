@@ -450,6 +450,34 @@ def rm(
     out.print(f"removed {removal.model.name}; freed {fmt_bytes(removal.freed)}")
 
 
+@app.command("rpc-server")
+def rpc_server(
+    context: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. ggml's RPC has no authentication: keep 127.0.0.1 unless the network is yours alone.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 50052,
+    mem: Annotated[Optional[str], typer.Option("--mem", help="Memory to offer (ggml's server reports its devices' own; use --rpc-mem on the client).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", "-d", help="Devices to serve, e.g. CUDA0,CPU (default: the GPUs, else the CPU).")] = None,
+    cache: Annotated[Optional[str], typer.Option("--cache", help="A directory for ggml's local tensor cache (clients then send hashes of large tensors they sent before).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all).")] = None,
+) -> None:
+    """Serve this machine's devices to llama.cpp on other machines (ggml's RPC server).
+
+    Clients add it with --rpc HOST:PORT (moecli plan/run/bench, llama-server). Runs until Ctrl-C."""
+    from moecli import app as usecases
+
+    out = _output(context)
+    if usecases.rpc_exposed(host):
+        out.warn(f"--host {host}: ggml's RPC server has no authentication and no encryption; anyone who reaches "
+                 f"{host}:{port} can run code on this machine's devices and read what they hold. Never expose it to an "
+                 "open network (llama.cpp's own README says so).")
+    devices = tuple(d.strip() for d in device.split(",")) if device else ()
+
+    def ready(names: list[str]) -> None:
+        out.note(f"serving {', '.join(names)} on {host}:{port}; clients: --rpc {host}:{port}; Ctrl-C stops")
+
+    usecases.serve_rpc(host, port, mem=mem, devices=devices, cache=cache, threads=threads, on_ready=ready)
+
+
 def _reflow(doc: str | None) -> str | None:
     """A docstring's paragraphs as single lines: typer's rich help keeps the source's line breaks,
     which then land in the middle of the terminal's own wrapping."""

@@ -20,10 +20,20 @@ from moecli.app.planning import (
     verdict,
 )
 from moecli.app.resolve import DEMO, Located, local_shards, locate, looks_like_path, read_facts
-from moecli.app.running import BenchJob, BenchRun, bench_job, ctrl_c_sets, load_engine, run_bench, with_threads
+from moecli.app.running import (
+    BenchJob,
+    BenchRun,
+    bench_job,
+    ctrl_c_sets,
+    load_engine,
+    rpc_exposed,
+    run_bench,
+    serve_rpc,
+    with_threads,
+)
 
 __all__ = [
     "DEMO", "BenchJob", "Listed", "PrePlan", "plan_removal", "pull", "pull_and_record", "pulled_models", "remove", "BenchRun", "HubFits", "Located", "MachineOptions", "Request", "Verdict", "bench_job",
     "check_flags", "ctrl_c_sets", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
-    "machine_for_loading", "plan_for", "read_facts", "run_bench", "verdict", "with_threads",
+    "machine_for_loading", "plan_for", "read_facts", "rpc_exposed", "run_bench", "serve_rpc", "verdict", "with_threads",
 ]
