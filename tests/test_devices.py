@@ -173,3 +173,27 @@ def test_rpc_and_vram_options_are_checked():
                                                                         ("RPC1", "RPC0[b:2]", 2 * GiB)]
     m = machine_mod.apply_overrides(HOST, vram="6GiB,8GiB")
     assert [g.total_bytes for g in m.gpus] == [6 * GiB, 8 * GiB] and [g.index for g in m.gpus] == [0, 1]
+
+
+def test_rpc_server_binds_loopback_unless_told_and_then_warns():
+    from moecli import app
+
+    assert not app.rpc_exposed("127.0.0.1") and not app.rpc_exposed("localhost")
+    assert app.rpc_exposed("0.0.0.0") and app.rpc_exposed("192.168.1.20")
+    with pytest.raises(BadInput, match="cannot report less") as refused:
+        app.serve_rpc("127.0.0.1", 50052, mem="8GiB")
+    assert "--rpc-mem 8GiB" in refused.value.hint
+    with pytest.raises(BadInput, match="--rpc-mem without --rpc"):
+        app.Request.from_options(rpc_mem="8GiB")
+    with pytest.raises(BadInput, match="HOST:PORT"):
+        app.Request.from_options(rpc="127.0.0.1")
+
+
+def test_plan_command_for_two_gpus_and_a_worker_not_started(tmp_path):
+    from cliutil import invoke
+
+    ran = invoke("plan", "demo", "--vram", "2GiB,3GiB", "--rpc", "10.0.0.2:50052", "--rpc-mem", "4GiB", "--llama-args")
+    assert ran.code == 0, ran.output
+    words = shlex.split(ran.stdout)
+    assert words[words.index("-dev") + 1] == "RPC0,CUDA0,CUDA1" and words[words.index("--rpc") + 1] == "10.0.0.2:50052"
+    assert len(words[words.index("-ts") + 1].split(",")) == 3
