@@ -30,7 +30,10 @@ def machine_lines(machine: MachineFacts) -> list[str]:
     for gpu in machine.gpus:
         bw = f", {gpu.bandwidth / 1e9:.0f} GB/s" if gpu.bandwidth else ""
         lines.append(f"GPU {gpu.index}: {gpu.name}, {fmt_bytes(gpu.total_bytes)} ({fmt_bytes(gpu.free_bytes)} free){bw}")
-    if not machine.gpus:
+    for d in machine.rpc:
+        how = "as the worker reports it" if d.reported else "--rpc-mem, the worker not asked"
+        lines.append(f"{d.name_llama}: RPC worker {d.endpoint}, {fmt_bytes(d.free_bytes)} free ({how})")
+    if not machine.gpus and not machine.rpc:
         lines.append("GPU: none (everything runs on the CPU)")
     bw = f", {machine.ram_bandwidth / 1e9:.0f} GB/s" if machine.ram_bandwidth else ""
     lines.append(f"RAM: {fmt_bytes(machine.ram_total)} ({fmt_bytes(machine.ram_available)} available){bw}; "

@@ -47,10 +47,10 @@ _start_server_t = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, _sz, 
 
 
 def _set_abort_callback():
-    from llama_cpp._ggml import libggml_base_path
-
-    base = ctypes.CDLL(str(libggml_base_path / "libggml-base.so"))
-    return _c(base, "ggml_set_abort_callback", _vp, _abort_callback_t)
+    """ggml_set_abort_callback of the libggml-base that ggml-rpc uses: looked up through libggml's
+    handle (dlsym searches its dependencies), not by a path: the wheel ships libggml-base.so and
+    libggml-base.so.0 as two copies, and loading one by path would map a second ggml."""
+    return _c(_libggml, "ggml_set_abort_callback", _vp, _abort_callback_t)
 
 
 _lock = threading.Lock()
@@ -95,8 +95,8 @@ def _on_abort(message: bytes | None) -> None:
     """ggml is about to abort(): say in one line which workers no longer answer, and exit."""
     text = (message or b"").decode(errors="replace").split(": ", 1)[-1].strip()
     gone = [e for e in list(_servers) if reachable(e, timeout=1.0) is not None]
-    who = ", ".join(gone) if gone else ", ".join(_servers) or "an RPC worker"
-    sys.stderr.write(f"error: RPC worker {who} stopped answering ({text}); the run stopped\n")
+    who = ("RPC worker " + ", ".join(gone or list(_servers))) if _servers else "an RPC worker"
+    sys.stderr.write(f"error: {who} stopped answering ({text}); the run stopped\n")
     sys.stderr.flush()
     os._exit(1)
 
