@@ -301,7 +301,11 @@ def plan_summary(plan: Plan) -> str:
     """One line for `run` and `bench`: what placement they use."""
     parts = []
     pl = plan.placement
-    if plan.gpu is not None:
+    if pl.by_device:  # several devices: each one's total, and how many layers' experts the devices hold
+        parts.append(", ".join(f"{fmt_bytes(d.total)} on {d.device}" for d in plan.devices if d.device != "CPU"))
+        if pl.expert_layers:
+            parts.append(f"experts of {len(pl.expert_layers_gpu)}/{len(pl.expert_layers)} layers off the CPU")
+    elif plan.gpu is not None:
         parts.append(f"{fmt_bytes(plan.gpu.total)} on {plan.gpu.device}")
         if pl.expert_layers:
             gpu_layers = len(pl.expert_layers_gpu) + (1 if pl.partial_layer is not None else 0)

@@ -63,10 +63,15 @@ from moecli.units import fmt_bytes
 
 PCIE_BANDWIDTH = 15.75e9  # bytes/s: PCIe 3.0 x16, what a GPU without a known link gets
 PCIE_LATENCY = 10e-6  # s per transfer between the host and a GPU (a launch and a sync)
-LAN_BANDWIDTH = 125e6  # bytes/s: gigabit Ethernet, for an RPC worker without a known link
-LAN_LATENCY = 200e-6  # s per round trip on a LAN
+# An RPC crossing is several round trips (set the input, send the graph, compute, read the output)
+# and a wake-up of the worker. Measured on the project's loaded 2-core dev box with the demo model
+# (moecli bench demo --cpu-only -p 0 -n 128 -r 10 -t 1, workers `moecli rpc-server --threads 1`):
+# local 442 t/s, one worker 222 t/s (2 crossings: +2.24 ms/token), two workers 228 t/s (3 crossings:
+# +2.12 ms/token): 0.7-1.1 ms per crossing. The lower figure keeps the bound a bound.
 LOOPBACK_BANDWIDTH = 4e9  # bytes/s over 127.0.0.1
-LOOPBACK_LATENCY = 50e-6  # s per round trip over 127.0.0.1 (the RPC protocol's send, wait, receive)
+LOOPBACK_LATENCY = 0.7e-3  # s per crossing over 127.0.0.1 (measured, above)
+LAN_BANDWIDTH = 125e6  # bytes/s: gigabit Ethernet, for an RPC worker without a known link
+LAN_LATENCY = LOOPBACK_LATENCY + 0.2e-3  # the same protocol, plus a LAN's round trip
 
 
 def _f32(x: float) -> float:
