@@ -104,11 +104,11 @@ def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | No
         raise EngineError(f"--vram {options.vram}: there is no GPU here to run on",
                           f"drop --vram to run on the CPU; to see the plan for a {options.vram} GPU: "
                           f"moecli plan MODEL --vram {options.vram}")
-    if options.vram is not None:  # on a real card: at most that much of what is free
-        size = parse_size(options.vram, "--vram")
-        first = facts.gpus[0]
-        facts = replace(facts, gpus=(replace(first, free_bytes=min(first.free_bytes, size)), *facts.gpus[1:]),
-                        source=f"{facts.source} + --vram {options.vram}")
+    if options.vram is not None:  # on real cards: at most that much of what is free (one size per GPU)
+        sizes = [parse_size(v.strip(), "--vram") for v in options.vram.split(",")]
+        gpus = tuple(replace(g, free_bytes=min(g.free_bytes, sizes[i])) if i < len(sizes) else g
+                     for i, g in enumerate(facts.gpus))
+        facts = replace(facts, gpus=gpus, source=f"{facts.source} + --vram {options.vram}")
     return facts, None
 
 
