@@ -60,9 +60,11 @@ _PLACEMENT = "Placement (llama.cpp flags; default: moecli's plan)"
 # command's signature and hands the command one `app.Request` built from them.
 _PLAN_OPTIONS: dict[str, tuple[object, object]] = {  # name -> (annotation, default)
     "profile": (Annotated[Optional[str], typer.Option("--profile", help="Plan for a machine profile (configs/machines), e.g. gtx1060-6gb.", rich_help_panel="Machine")], None),
-    "vram": (Annotated[Optional[str], typer.Option("--vram", help="The GPU memory to plan for, e.g. 6GiB.", rich_help_panel="Machine")], None),
+    "vram": (Annotated[Optional[str], typer.Option("--vram", help="The GPU memory to plan for, e.g. 6GiB (6GiB,8GiB: one per GPU).", rich_help_panel="Machine")], None),
     "ram": (Annotated[Optional[str], typer.Option("--ram", help="The machine's RAM to plan for, e.g. 32GiB.", rich_help_panel="Machine")], None),
     "cpu_only": (Annotated[bool, typer.Option("--cpu-only", help="Use no GPU.", rich_help_panel="Machine")], False),
+    "rpc": (Annotated[Optional[str], typer.Option("--rpc", help="llama.cpp RPC workers HOST:PORT[,...] (moecli rpc-server); their devices come first, as in llama.cpp.", rich_help_panel="Machine")], None),
+    "rpc_mem": (Annotated[Optional[str], typer.Option("--rpc-mem", help="The RPC workers' memory, one size or one per worker (plan for workers not started yet), e.g. 32GiB.", rich_help_panel="Machine")], None),
     "margin": (Annotated[Optional[str], typer.Option("--margin", help="VRAM kept free below the budget (default 256MiB).", rich_help_panel="Machine")], None),
     "ctx": (Annotated[Optional[str], typer.Option("--ctx-size", "-c", "--ctx", help="Context in tokens (8192, 32k) or 'max'. Default 4096.", rich_help_panel="Context")], None),
     "ctk": (Annotated[Optional[str], typer.Option("--cache-type-k", "-ctk", help="KV cache type for K (f16, q8_0, q4_0, ...).", rich_help_panel="Context")], None),
@@ -568,6 +570,34 @@ def rm(
         raise typer.Exit(1)
     usecases.remove(removal)
     out.print(f"removed {removal.name}; freed {fmt_bytes(removal.freed)}")
+
+
+@app.command("rpc-server")
+def rpc_server(
+    context: typer.Context,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. ggml's RPC has no authentication: keep 127.0.0.1 unless the network is yours alone.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port.")] = 50052,
+    mem: Annotated[Optional[str], typer.Option("--mem", help="Memory to offer (ggml's server reports its devices' own; use --rpc-mem on the client).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", "-d", help="Devices to serve, e.g. CUDA0,CPU (default: the GPUs, else the CPU).")] = None,
+    cache: Annotated[Optional[str], typer.Option("--cache", help="A directory for ggml's local tensor cache (clients then send hashes of large tensors they sent before).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads (default: all).")] = None,
+) -> None:
+    """Serve this machine's devices to llama.cpp on other machines (ggml's RPC server).
+
+    Clients add it with --rpc HOST:PORT (moecli plan/run/bench, llama-server). Runs until Ctrl-C."""
+    from moecli import app as usecases
+
+    out = _output(context)
+    if usecases.rpc_exposed(host):
+        out.warn(f"--host {host}: ggml's RPC server has no authentication and no encryption; anyone who reaches "
+                 f"{host}:{port} can run code on this machine's devices and read what they hold. Never expose it to an "
+                 "open network (llama.cpp's own README says so).")
+    devices = tuple(d.strip() for d in device.split(",")) if device else ()
+
+    def ready(names: list[str]) -> None:
+        out.note(f"serving {', '.join(names)} on {host}:{port}; clients: --rpc {host}:{port}; Ctrl-C stops")
+
+    usecases.serve_rpc(host, port, mem=mem, devices=devices, cache=cache, threads=threads, on_ready=ready)
 
 
 def _reflow(doc: str | None) -> str | None:

@@ -30,7 +30,10 @@ def machine_lines(machine: MachineFacts) -> list[str]:
     for gpu in machine.gpus:
         bw = f", {gpu.bandwidth / 1e9:.0f} GB/s" if gpu.bandwidth else ""
         lines.append(f"GPU {gpu.index}: {gpu.name}, {fmt_bytes(gpu.total_bytes)} ({fmt_bytes(gpu.free_bytes)} free){bw}")
-    if not machine.gpus:
+    for d in machine.rpc:
+        how = "as the worker reports it" if d.reported else "--rpc-mem, the worker not asked"
+        lines.append(f"{d.name_llama}: RPC worker {d.endpoint}, {fmt_bytes(d.free_bytes)} free ({how})")
+    if not machine.gpus and not machine.rpc:
         lines.append("GPU: none (everything runs on the CPU)")
     bw = f", {machine.ram_bandwidth / 1e9:.0f} GB/s" if machine.ram_bandwidth else ""
     lines.append(f"RAM: {fmt_bytes(machine.ram_total)} ({fmt_bytes(machine.ram_available)} available){bw}; "
@@ -74,6 +77,10 @@ def _ram_would_fit(x: RamWouldFit) -> str:
     return "would fit RAM with " + (", ".join(ways[:-1]) + " or " if len(ways) > 1 else "") + ways[-1]
 
 
+def _ceil_gib(n: int) -> int:
+    return max(1, -(-n // 2**30))
+
+
 def _kv_quant(x: GaveUpKvQuant) -> str:
     if x.rescue:
         return f"KV cache precision: -> {x.after}"
@@ -91,6 +98,9 @@ _TEXT: dict[str, Callable] = {
                             f"about {fmt_bytes(x.budget)} is available: the OS will page weights from disk for every "
                             "token and speed will collapse"),
     "ram_would_fit": _ram_would_fit,
+    "rpc_would_fit": lambda x: (f"or RPC workers with {fmt_bytes(x.missing)} free beyond this plan's: start "
+                                "`moecli rpc-server` on other machines and plan with --rpc HOST:PORT "
+                                f"(--rpc-mem SIZE before they run), e.g. --rpc HOST:50052 --rpc-mem {_ceil_gib(x.missing)}GiB"),
     # the measured ~8 and ~55 GB/s: see moecli.planner.MmapExpertsSlowPrompt
     "mmap_experts_slow_prompt": lambda x: ("expert weights on the CPU with mmap: prompt processing is ~5x slower than with "
                                            "-lm none " + ("(pageable memory is copied to the GPU more slowly); more free "
@@ -151,6 +161,13 @@ def placement_lines(placement: Placement) -> list[str]:
     """The compact picture of a placement, a few lines for people."""
     p = placement
     out = ["input: token embedding on CPU (llama.cpp never offloads it)"]
+    if p.by_device:
+        for device, layers, expert_layers in p.by_device:
+            out.append(f"{device}: layers {_ranges(layers) or 'none'}; experts of layers {_ranges(expert_layers) or 'none'}")
+        last = next((d for d, layers, _ in p.by_device if p.n_layer - 1 in layers), "CPU")
+        out.append(f"output head on {last if p.output_on_gpu else 'CPU'}; "
+                   f"experts on CPU: layers {_ranges(p.expert_layers_cpu) or 'none'}")
+        return out
     out.append(f"layers on GPU: {_ranges(p.gpu_layers) or 'none'} of 0-{p.n_layer - 1}; "
                f"output head on {'GPU' if p.output_on_gpu else 'CPU'}")
     if p.expert_layers:
@@ -287,7 +304,11 @@ def plan_summary(plan: Plan) -> str:
     """One line for `run` and `bench`: what placement they use."""
     parts = []
     pl = plan.placement
-    if plan.gpu is not None:
+    if pl.by_device:  # several devices: each one's total, and how many layers' experts the devices hold
+        parts.append(", ".join(f"{fmt_bytes(d.total)} on {d.device}" for d in plan.devices if d.device != "CPU"))
+        if pl.expert_layers:
+            parts.append(f"experts of {len(pl.expert_layers_gpu)}/{len(pl.expert_layers)} layers off the CPU")
+    elif plan.gpu is not None:
         parts.append(f"{fmt_bytes(plan.gpu.total)} on {plan.gpu.device}")
         if pl.expert_layers:
             gpu_layers = len(pl.expert_layers_gpu) + (1 if pl.partial_layer is not None else 0)

@@ -35,12 +35,22 @@ from moecli.app.planning import (
     verdict,
 )
 from moecli.app.resolve import DEMO, Located, local_shards, locate, looks_like_path, read_facts
-from moecli.app.running import BenchJob, BenchRun, bench_job, ctrl_c_sets, load_engine, run_bench, with_threads
+from moecli.app.running import (
+    BenchJob,
+    BenchRun,
+    bench_job,
+    ctrl_c_sets,
+    load_engine,
+    rpc_exposed,
+    run_bench,
+    serve_rpc,
+    with_threads,
+)
 
 __all__ = [
     "BenchJob", "BenchRun", "DEMO", "FileCheck", "HubFits", "Listed", "Located", "MachineOptions", "PrePlan",
     "PullReport", "Request", "Verdict", "bench_job", "chat_inputs", "check_flags", "ctrl_c_sets",
     "damaged_records", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
     "machine_for_loading", "partial_pulls", "plan_for", "plan_removal", "pull", "pull_and_record",
-    "pulled_models", "read_facts", "remove", "run_bench", "verdict", "verify", "with_threads",
+    "pulled_models", "read_facts", "remove", "rpc_exposed", "run_bench", "serve_rpc", "verdict", "verify", "with_threads",
 ]

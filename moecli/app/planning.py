@@ -25,6 +25,8 @@ class MachineOptions:
     vram: str | None = None
     ram: str | None = None
     cpu_only: bool = False
+    rpc: str | None = None  # --rpc HOST:PORT[,...]: llama.cpp RPC workers
+    rpc_mem: str | None = None  # --rpc-mem SIZE[,...]: their memory, for workers not started yet
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Request:
     @classmethod
     def from_options(cls, *, profile=None, vram=None, ram=None, cpu_only=False, margin=None, ctx=None, ctk=None,
                      ctv=None, no_kv_quant=False, ub=None, b=None, threads=None, load_mode=None, no_mmap=False,
-                     mlock=False, fa=None, ngl=None, ncmoe=None, cmoe=False, ot=None) -> Request:
+                     mlock=False, fa=None, ngl=None, ncmoe=None, cmoe=False, ot=None, rpc=None, rpc_mem=None) -> Request:
         """The options with llama.cpp's flag names (`-c`, `-ctk`, `-ngl`, `--n-cpu-moe`, `-ot`, ...),
         as the CLI and the Python API take them."""
         if sum(bool(x) for x in (load_mode, no_mmap, mlock)) > 1:
@@ -52,12 +54,28 @@ class Request:
             load_mode=mode, flash_attn=fa)
         flags = PlacementFlags.parse(None if ngl is None else str(ngl), ncmoe, cmoe,
                                      [ot] if isinstance(ot, str) else ot)
-        return cls(MachineOptions(profile, vram, ram, cpu_only), wishes, flags)
+        if rpc_mem and not rpc:
+            raise BadInput("--rpc-mem without --rpc: whose memory is it?", "give the workers: --rpc HOST:PORT --rpc-mem 32GiB")
+        machine.parse_endpoints(rpc)  # refused here, before anything is read
+        return cls(MachineOptions(profile, vram, ram, cpu_only, rpc, rpc_mem), wishes, flags)
+
+
+def rpc_for(options: MachineOptions) -> tuple:
+    """The RPC workers' devices: sized by --rpc-mem, or asked (a running worker reports its memory)."""
+    endpoints = machine.parse_endpoints(options.rpc)
+    if not endpoints:
+        return ()
+    if options.rpc_mem:
+        return machine.rpc_devices(endpoints, options.rpc_mem)
+    from moecli.engine import rpc  # loads libllama: only when a worker must be asked
+
+    return machine.rpc_devices(endpoints, reported={e: rpc.device_memory(e) for e in endpoints})
 
 
 def machine_for(options: MachineOptions) -> MachineFacts:
-    """The machine to plan for (this one, a profile, overrides)."""
-    return machine.resolve(profile=options.profile, vram=options.vram, ram=options.ram, cpu_only=options.cpu_only)
+    """The machine to plan for (this one, a profile, overrides, RPC workers)."""
+    return machine.resolve(profile=options.profile, vram=options.vram, ram=options.ram, cpu_only=options.cpu_only,
+                           rpc=rpc_for(options))
 
 
 def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | None]:
@@ -67,6 +85,12 @@ def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | No
     if options.vram is not None:
         machine.vram_bytes(options.vram)  # a bad or zero --vram is refused as `plan` refuses it
     facts = machine.resolve(profile=options.profile, ram=options.ram, cpu_only=options.cpu_only)
+    if options.rpc:  # running: the workers must be there, and report their own memory
+        from moecli.engine import rpc
+
+        facts = machine.with_rpc(facts, machine.rpc_devices(machine.parse_endpoints(options.rpc), options.rpc_mem,
+                                                            {e: rpc.device_memory(e) for e in
+                                                             machine.parse_endpoints(options.rpc)}))
     if facts.gpus:
         from moecli import engine  # loads libllama: only when a model will be loaded
 
@@ -82,11 +106,11 @@ def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | No
         raise EngineError(f"--vram {options.vram}: there is no GPU here to run on",
                           f"drop --vram to run on the CPU; to see the plan for a {options.vram} GPU: "
                           f"moecli plan MODEL --vram {options.vram}")
-    if options.vram is not None:  # on a real card: at most that much of what is free
-        size = parse_size(options.vram, "--vram")
-        first = facts.gpus[0]
-        facts = replace(facts, gpus=(replace(first, free_bytes=min(first.free_bytes, size)), *facts.gpus[1:]),
-                        source=f"{facts.source} + --vram {options.vram}")
+    if options.vram is not None:  # on real cards: at most that much of what is free (one size per GPU)
+        sizes = [parse_size(v.strip(), "--vram") for v in options.vram.split(",")]
+        gpus = tuple(replace(g, free_bytes=min(g.free_bytes, sizes[i])) if i < len(sizes) else g
+                     for i, g in enumerate(facts.gpus))
+        facts = replace(facts, gpus=gpus, source=f"{facts.source} + --vram {options.vram}")
     return facts, None
 
 

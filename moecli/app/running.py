@@ -159,3 +159,27 @@ def run_bench(path: Path, job: BenchJob, spec: benchmod.BenchSpec, machine_facts
         done.results += getattr(stop, "rows", [])
         done.partial = True
     return done
+
+
+# --- RPC workers ----------------------------------------------------------------------------------
+def rpc_exposed(host: str) -> bool:
+    """Whether serving on `host` is reachable from other machines (ggml-rpc has no authentication)."""
+    from moecli.planner.devices import is_loopback
+
+    return not is_loopback(f"{host}:0")
+
+
+def serve_rpc(host: str, port: int, *, mem: str | None = None, devices: tuple[str, ...] = (), cache: str | None = None,
+              threads: int | None = None, on_ready=None) -> None:
+    """Serve this machine's devices to llama.cpp clients (`moecli run --rpc`, llama-server --rpc)
+    until interrupted. `mem` is refused: ggml's RPC server reports its devices' own memory and has
+    no way to report less; a client plans with less through --rpc-mem."""
+    from moecli.engine import rpc
+    from moecli.errors import BadInput
+
+    if mem:
+        raise BadInput("--mem: ggml's RPC server reports its devices' own free memory and cannot report less",
+                       f"serve without --mem; on the client, plan with less: --rpc {host}:{port} --rpc-mem {mem}")
+    if not 0 < port < 65536:
+        raise BadInput(f"--port {port} is not a TCP port", "e.g. --port 50052")
+    rpc.serve(host, port, devices, cache, threads, on_ready=on_ready)

@@ -30,6 +30,7 @@ from moecli.engine.capi import (
 from moecli.engine.loading import _load_model, _ModelParams, _new_context
 from moecli.engine.logs import _KV_TYPES_LINE, _LOAD_MODE_LINE, _LOG, _LOG_WARN, _OVERRIDE_LINE, _error_detail
 from moecli.engine.memory import BufferSizes, _buffer_sizes
+from moecli.engine.rpc import watch as _rpc_watch
 from moecli.engine.sampling import Sampling, _sampler_chain
 from moecli.engine.threads import _resolve_threads
 from moecli.errors import BadInput, EngineError
@@ -391,7 +392,9 @@ class Engine:
                 return False
             chunk = tokens[start:start + self.n_batch]
             array = (_llama.llama_token * len(chunk))(*chunk)
-            self._check_decode(_llama.llama_decode(self._ctx, _llama.llama_batch_get_one(array, len(chunk))))
+            with _rpc_watch():
+                rc = _llama.llama_decode(self._ctx, _llama.llama_batch_get_one(array, len(chunk)))
+            self._check_decode(rc)
             self._cached.extend(chunk)
         return True
 
@@ -469,7 +472,9 @@ class Engine:
                     yield text
                 # every token shown is evaluated, so the cache holds the whole reply for the next turn
                 one[0] = token
-                self._check_decode(_llama.llama_decode(ctx, one_batch))
+                with _rpc_watch():
+                    rc = _llama.llama_decode(ctx, one_batch)
+                self._check_decode(rc)
                 self._cached.append(token)
                 n_decoded += 1
             else:

@@ -72,6 +72,7 @@ from moecli.planner.types import (
     RamLoadFails,
     RamPages,
     RamWouldFit,
+    RpcWouldFit,
     TensorPlacement,
     ThreadsOverCores,
     UbatchBelowOffload,
@@ -86,5 +87,5 @@ __all__ = [
     "KV_QUANT_LADDER", "Kind", "LoadIntoRam", "MATRIX_ROW_PADDING", "MIN_CTX", "MemoryBreakdown",
     "MmapExpertsSlowPrompt", "MmapRamShort", "MtpNotLoaded", "NoExpertsOnGpu", "NonExpertsOnCpu",
     "OFFLOAD_COPY_SLACK", "OP_OFFLOAD_MIN_BATCH", "OneGpu", "Placement", "Plan", "RAM_RESERVE", "RamLoadFails",
-    "RamPages", "RamWouldFit", "TensorPlacement", "ThreadsOverCores", "UbatchBelowOffload", "Wishes", "evaluate", "parse_ctx", "plan",
+    "RamPages", "RamWouldFit", "RpcWouldFit", "TensorPlacement", "ThreadsOverCores", "UbatchBelowOffload", "Wishes", "evaluate", "parse_ctx", "plan",
 ]

@@ -129,6 +129,8 @@ class Placement:
     partial_gpu: tuple[str, ...]  # its expert tensors on the GPU
     partial_cpu: tuple[str, ...]  # and on the CPU
     other_cpu: tuple[str, ...]  # non-expert tensors on the CPU besides the inputs (when layers are given up)
+    # several devices: (device, its layers, the layers whose experts it holds), in llama.cpp's order
+    by_device: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,16 @@ class RamWouldFit(Finding):
     budget: int  # bytes: the RAM budget
     weights: int  # bytes of it that are weights (what a smaller quant shrinks)
     n_ctx: int | None  # the largest context (at least MIN_CTX) with which the CPU side fits; None: none does
+
+
+@dataclass(frozen=True)
+class RpcWouldFit(Finding):
+    """The memory missing on this machine, which RPC workers (other machines' memory) can give.
+    Follows RamWouldFit."""
+
+    code: ClassVar[str] = "rpc_would_fit"
+    kind: ClassVar[Kind] = Kind.WARNING
+    missing: int  # bytes the CPU side needs beyond the RAM budget
 
 
 @dataclass(frozen=True)
@@ -439,13 +451,19 @@ class Plan:
         return {
             "model": self.model, "arch": self.arch, "machine": self.machine, "is_moe": self.is_moe,
             "fits": self.fits, "n_ctx": self.n_ctx,
-            "params": {**asdict(self.params), "tensor_overrides": [str(o) for o in self.params.tensor_overrides],
+            "params": {**_without_empty(asdict(self.params), ("tensor_split", "devices", "rpc_servers")),
+                       "tensor_overrides": [str(o) for o in self.params.tensor_overrides],
                        "llama_args": self.params.to_llama_args()},
             "devices": [d.to_dict() for d in self.devices],
-            "placement": asdict(self.placement),
+            "placement": _without_empty(asdict(self.placement), ("by_device",)),
             "decode": asdict(self.decode),
             "findings": [f.to_dict() for f in self.findings],
             "alternatives": [{**asdict(a), "params": a.params.to_llama_args()} for a in self.alternatives],
             "file_bytes": self.file_bytes, "copied_bytes": self.copied_bytes, "not_loaded_bytes": self.not_loaded_bytes,
             "tensors": [asdict(t) for t in self.tensors],
         }
+
+
+def _without_empty(data: dict, keys: tuple[str, ...]) -> dict:
+    """The several-device fields only where a plan has several devices (one GPU's JSON stays as it was)."""
+    return {k: v for k, v in data.items() if not (k in keys and not v)}
