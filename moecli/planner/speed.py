@@ -243,6 +243,12 @@ def fit(points: Sequence[tuple[dict[str, float], float]], target: dict[str, floa
     return None
 
 
+def _same_devices(then: tuple[tuple[str, float | None], ...],
+                  now: tuple[tuple[str, float | None], ...]) -> tuple[tuple[str, float | None], ...]:
+    current = dict(now)
+    return tuple((d, current.get(d) or bw) for d, bw in then)
+
+
 def predict(inputs: SpeedInputs, decode: DecodeEstimate, calibration: Calibration | None) -> Speed:
     """Decode and prompt speed of a configuration, each as one figure with its basis: measured
     (this model and configuration were benched), calibrated from this machine's runs, or the
@@ -262,7 +268,10 @@ def predict(inputs: SpeedInputs, decode: DecodeEstimate, calibration: Calibratio
         target = columns(inputs)
         points: dict[tuple[str, str], list] = {}  # the newest runs of each distinct configuration
         for s in sorted(group, key=lambda s: s.when, reverse=True):
-            cols = columns(s.inputs, s.n_tokens or size) if test == "pp" else columns(s.inputs)
+            # the nominal bandwidths of now for every run: a re-measured RAM bandwidth (a noisy
+            # figure on a busy machine) must not shift what the fit learnt of this machine
+            x = replace(s.inputs, bandwidths=_same_devices(s.inputs.bandwidths, inputs.bandwidths))
+            cols = columns(x, s.n_tokens or size) if test == "pp" else columns(x)
             if cols is not None and s.tokens_per_s > 0:
                 key = (s.inputs.model, s.inputs.config, s.n_tokens if test == "pp" else 0)
             points.setdefault(key, [cols, []])[1].append(1.0 / s.tokens_per_s)
