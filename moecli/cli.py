@@ -332,7 +332,13 @@ def bench(
     n_prompt + n_gen + n_depth tokens. The speed is the same either way, because llama.cpp's
     attention reads only the KV cells in use, padded to 256 (llama_kv_cache::get_n_kv); only the
     KV cache's size differs. For llama-bench's context exactly, give -c n_prompt+n_gen+n_depth.
-    Every row records its n_ctx."""
+    Every row records its n_ctx.
+
+    Every row is recorded on this machine (moecli's data dir): `plan` predicts decode and prompt
+    speed from these runs, for other models and placements too. --sweep also measures the plan's
+    neighbours (expert layers, load mode, -ub; on the CPU alone threads, -ub, load mode) and
+    remembers the fastest, which `run` and `plan` then use (unless you give flags or --no-tuned).
+    --history lists what was measured."""
     from moecli import app as usecases
     from moecli import bench as benchmod
     from moecli import render

@@ -204,8 +204,9 @@ def _date(when: str | None) -> str:
     return (when or "")[:10]
 
 
-def speed_text(x: SpeedFigure) -> str:
-    """One speed figure and its basis, for people."""
+def speed_text(x: SpeedFigure, *, this_machine: bool = True) -> str:
+    """One speed figure and its basis, for people (`this_machine`: False for a profile, which no
+    measurement here calibrates)."""
     if x.kind == "measured":
         runs = f", newest of {x.n_runs} runs" if x.n_runs > 1 else ""
         return f"{_tps(x.tokens_per_s)} tok/s (measured on {_date(x.when)}: this configuration on this machine{runs})"
@@ -215,6 +216,8 @@ def speed_text(x: SpeedFigure) -> str:
                 f"{configs} on this machine)")
     if x.kind == "estimate":
         return f"≈ {x.low:.0f}-{x.high:.0f} tok/s (uncalibrated estimate; bound {x.bound:.0f} tok/s)"
+    if x.test == "pp" and not this_machine:
+        return "no estimate (only measurements calibrate it, and they are of this machine, not of a profile)"
     if x.test == "pp":
         return "no estimate before this machine has been measured (moecli bench MODEL calibrates it)"
     return "no estimate"
@@ -330,7 +333,7 @@ def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFact
     elif plan.decode.bound is not None:
         _line(out, plan.decode.basis, style="dim", indent=4)
     if speed is not None:
-        _line(out, f"prompt: {speed_text(speed.prompt)}")
+        _line(out, f"prompt: {speed_text(speed.prompt, this_machine=not machine.source.startswith('profile'))}")
         basis = speed_basis(speed.prompt)
         if basis:
             _line(out, basis, style="dim", indent=4)
