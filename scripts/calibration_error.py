@@ -40,7 +40,7 @@ def main() -> int:
     for n in (int(c) for c in args.counts.split(",")):
         use = set(order[:n])
         samples = tuple(planner.SpeedSample(planner.SpeedInputs.from_dict(m.inputs), m.test, m.avg_ts, m.when,
-                                            m.n_prompt or m.n_gen) for m in others if Path(m.model_path).name in use)
+                                            m.n_prompt or m.n_gen, m.stddev_ts / m.avg_ts) for m in others if Path(m.model_path).name in use)
         decode = planner.DecodeEstimate(None, None, None, inputs.decode_bytes, inputs.bandwidths, "")
         speed = planner.predict(inputs, decode, planner.Calibration(samples))
         line = {"calibration_models": sorted(use, key=order.index)}

@@ -206,3 +206,13 @@ def test_a_profile_is_another_machine():
     profile = replace(GPU_BOX, source="profile gtx1060-6gb")
     _tune(facts, profile, app.plan_for(facts, profile, app.Request()).params.with_(n_ubatch=1024))
     assert app.planned(facts, profile, app.Request()).tuned is None
+
+
+def test_a_run_whose_repetitions_disagree_weighs_less():
+    """On a busy machine one run can be 3x off; its repetitions then disagree, and it counts less."""
+    p8, p4 = cpu_plan(8), cpu_plan(4)
+    (tg8, _), (tg4, _) = true_speed(p8), true_speed(p4)
+    cal = planner.Calibration((planner.SpeedSample(p8.speed.inputs, "tg", tg8, "2026-12-01T10:00:00", 128, 0.02),
+                               planner.SpeedSample(p4.speed.inputs, "tg", tg4 * 3, "2026-12-01T10:05:00", 128, 0.6)))
+    target = planner.calibrated(cpu_plan(16), cal)
+    assert target.speed.decode.tokens_per_s == pytest.approx(true_speed(target)[0], rel=0.25)

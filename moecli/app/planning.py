@@ -197,7 +197,8 @@ def calibration_from(store: measurements.Store, machine_facts: MachineFacts) -> 
         except (TypeError, KeyError, ValueError):
             continue
         if m.n_depth == 0 and m.avg_ts > 0:
-            samples.append(planner.SpeedSample(inputs, m.test, m.avg_ts, m.when, m.n_prompt or m.n_gen))
+            samples.append(planner.SpeedSample(inputs, m.test, m.avg_ts, m.when, m.n_prompt or m.n_gen,
+                                                   m.stddev_ts / m.avg_ts))
     return planner.Calibration(tuple(samples))
 
 

@@ -90,6 +90,9 @@ NOMINAL_GPU_FLOPS_PER_BYTE_S = 100.0
 NOMINAL_COPY_PINNED = 12e9
 NOMINAL_COPY_PAGEABLE = 6e9
 MAX_SAMPLES = 64  # the most recent distinct configurations a fit uses
+# What a point's weight never goes below: the model's own error (a fit to a point measured to 0.1 %
+# is still no better than the model is).
+MODEL_ERROR = 0.05
 PROMPT_TOKENS = 512  # the prompt figure is llama-bench's pp512
 GEN_TOKENS = 128  # the decode figure is its tg128
 
@@ -189,14 +192,16 @@ _PROMPT_TERMS = (("compute",), ("compute", "per token"), ("compute CPU", "comput
                  ("compute CPU", "compute GPU", "copies per ubatch", "per token"))
 
 
-def _solve(rows: list[list[float]], ys: list[float]) -> list[float] | None:
-    """Least squares on relative error (each row divided by its y), by the normal equations;
-    None where they are singular or ill-conditioned."""
+def _solve(rows: list[list[float]], ys: list[float], spreads: Sequence[float] | None = None) -> list[float] | None:
+    """Least squares on relative error (each row divided by its y), each point weighted by how
+    well it was measured (`spreads`: the relative standard deviation of its repetitions, floored at
+    MODEL_ERROR); by the normal equations; None where they are singular or ill-conditioned."""
     k = len(rows[0])
     a = [[0.0] * k for _ in range(k)]
     b = [0.0] * k
-    for row, y in zip(rows, ys):
-        w = 1.0 / (y * y)
+    for i, (row, y) in enumerate(zip(rows, ys)):
+        spread = max(MODEL_ERROR, spreads[i]) if spreads else MODEL_ERROR
+        w = 1.0 / (y * y * spread * spread)
         for i in range(k):
             b[i] += w * row[i] * y
             for j in range(k):
@@ -221,10 +226,12 @@ def _solve(rows: list[list[float]], ys: list[float]) -> list[float] | None:
 
 
 def fit(points: Sequence[tuple[dict[str, float], float]], target: dict[str, float],
-        term_sets: Sequence[tuple[str, ...]]) -> tuple[float, tuple[tuple[str, float], ...]] | None:
+        term_sets: Sequence[tuple[str, ...]],
+        spreads: Sequence[float] | None = None) -> tuple[float, tuple[tuple[str, float], ...]] | None:
     """Seconds per token predicted for `target` from `points` (features, measured seconds per
-    token): the richest term set that has at most as many terms as distinct points, only terms the
-    points vary in and the target has, every coefficient positive; None without points."""
+    token; `spreads`: each point's relative standard deviation): the richest term set that has at
+    most as many terms as distinct points, only terms the points vary in and the target has, every
+    coefficient positive; None without points."""
     if not points:
         return None
     for terms in sorted(term_sets, key=len, reverse=True):
@@ -234,13 +241,22 @@ def fit(points: Sequence[tuple[dict[str, float], float]], target: dict[str, floa
             continue
         if len(terms) > 1 and any(all(p[t] == 0 for p, _ in points) for t in terms):
             continue
-        coef = _solve([[p[t] for t in terms] for p, _ in points], [y for _, y in points])
+        coef = _solve([[p[t] for t in terms] for p, _ in points], [y for _, y in points], spreads)
         if coef is None or any(c <= 0 for c in coef):
             continue
         seconds = sum(c * target[t] for c, t in zip(coef, terms))
         if seconds > 0:
             return seconds, tuple(zip(terms, coef))
     return None
+
+
+def _spread(ys: list[float], spreads: list[float]) -> float:
+    """The relative uncertainty of the mean of runs: within each run, its repetitions' spread;
+    between runs, theirs."""
+    mean = sum(ys) / len(ys)
+    within = max(spreads) if spreads else 0.0
+    between = (sum((y - mean) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5 / mean if len(ys) > 1 else 0.0
+    return max(within, between) / len(ys) ** 0.5
 
 
 def _same_devices(then: tuple[tuple[str, float | None], ...],
@@ -274,9 +290,13 @@ def predict(inputs: SpeedInputs, decode: DecodeEstimate, calibration: Calibratio
             cols = columns(x, s.n_tokens or size) if test == "pp" else columns(x)
             if cols is not None and s.tokens_per_s > 0:
                 key = (s.inputs.model, s.inputs.config, s.n_tokens if test == "pp" else 0)
-            points.setdefault(key, [cols, []])[1].append(1.0 / s.tokens_per_s)
-        used = list(points.values())[:MAX_SAMPLES]
-        fitted = fit([(c, sum(ys) / len(ys)) for c, ys in used], target, terms) if target is not None else None
+            points.setdefault(key, [cols, [], []])[1].append(1.0 / s.tokens_per_s)
+            points[key][2].append(s.spread)
+        used = [(c, ys) for c, ys, _ in list(points.values())[:MAX_SAMPLES]]
+        # a configuration measured k times: the mean of its runs, its spread over sqrt(k) (runs that
+        # disagree, as on a busy machine, count as their disagreement says)
+        spreads = [_spread(ys, sp) for _, ys, sp in list(points.values())[:MAX_SAMPLES]]
+        fitted = fit([(c, sum(ys) / len(ys)) for c, ys in used], target, terms, spreads) if target is not None else None
         if fitted is not None:
             seconds, coef = fitted
             figures.append(SpeedFigure(test, "calibrated", 1.0 / seconds, n_runs=sum(len(ys) for _, ys in used),

@@ -179,6 +179,7 @@ class SpeedSample:
     tokens_per_s: float
     when: str  # ISO 8601
     n_tokens: int = 0  # the test's size: pp's n_prompt, tg's n_gen (0: llama-bench's defaults, 512 and 128)
+    spread: float = 0.0  # the relative standard deviation of its repetitions (stddev_ts / avg_ts)
 
 
 @dataclass(frozen=True)
