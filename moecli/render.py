@@ -323,20 +323,21 @@ def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFact
     _heading(out, "Context")
     _line(out, f"{plan.n_ctx:,} tokens, KV cache K {p.type_k} / V {p.type_v}, flash attention {p.flash_attn}; "
                f"load mode {p.load_mode}; -ub {p.n_ubatch}, -b {p.n_batch}; {p.n_threads or 'all physical'} threads")
-    _heading(out, "Expected speed")
-    _line(out, f"decode: {decode_line(plan)}")
+    _heading(out, "Expected decode speed")
+    _line(out, decode_line(plan))
     speed = plan.speed
     if speed is not None and speed.decode.kind in ("measured", "calibrated"):
         basis = speed_basis(speed.decode)
         if basis:
-            _line(out, basis, style="dim", indent=4)
+            _line(out, basis, style="dim")
     elif plan.decode.bound is not None:
-        _line(out, plan.decode.basis, style="dim", indent=4)
+        _line(out, plan.decode.basis, style="dim")
     if speed is not None:
-        _line(out, f"prompt: {speed_text(speed.prompt, this_machine=not machine.source.startswith('profile'))}")
+        _heading(out, "Expected prompt speed (pp512)")
+        _line(out, speed_text(speed.prompt, this_machine=not machine.source.startswith("profile")))
         basis = speed_basis(speed.prompt)
         if basis:
-            _line(out, basis, style="dim", indent=4)
+            _line(out, basis, style="dim")
 
     for title, items, style in (("Gave up", plan.gave_up, "yellow"), ("Warnings", plan.warnings, "yellow"),
                                 ("Notes", plan.notes, "dim")):
