@@ -160,7 +160,7 @@ def _prompt_columns(x: SpeedInputs, n_prompt: int = PROMPT_TOKENS) -> dict[str, 
     ubatch at nominal bandwidth, weights copied to the GPU per ubatch, 1 (a per-token overhead).
     A prompt shorter than the micro-batch is one ubatch of its own length."""
     n_ubatch = max(1, min(x.n_ubatch, n_prompt))
-    cols = {"compute": 0.0, "per token": 1.0}
+    cols = {"compute": 0.0, "per token": 1.0, "per layer": float(x.n_layer)}
     nominal = 0.0
     for device, n in x.prompt_flops:
         if device == CPU:
@@ -186,9 +186,13 @@ def _prompt_columns(x: SpeedInputs, n_prompt: int = PROMPT_TOKENS) -> dict[str, 
 
 
 # the term sets each model tries, simplest first; the first one is a scale of the nominal time
-_DECODE_TERMS = (("bytes/bandwidth",), ("bytes/bandwidth", "per token"), ("bytes/bandwidth", "per token", "per layer"),
+# (a per-layer overhead carries over between sizes better than a per-token one: it is tried first)
+_DECODE_TERMS = (("bytes/bandwidth",), ("bytes/bandwidth", "per layer"), ("bytes/bandwidth", "per token"),
+                 ("bytes/bandwidth", "per token", "per layer"),
+                 ("bytes/bandwidth CPU", "bytes/bandwidth GPU", "per layer"),
                  ("bytes/bandwidth CPU", "bytes/bandwidth GPU", "per token", "per layer"))
-_PROMPT_TERMS = (("compute",), ("compute", "per token"), ("compute CPU", "compute GPU", "per token"),
+_PROMPT_TERMS = (("compute",), ("compute", "per layer"), ("compute", "per token"), ("compute", "weights per ubatch"),
+                 ("compute CPU", "compute GPU"), ("compute CPU", "compute GPU", "copies per ubatch"),
                  ("compute CPU", "compute GPU", "copies per ubatch", "per token"))
 
 
@@ -229,25 +233,63 @@ def fit(points: Sequence[tuple[dict[str, float], float]], target: dict[str, floa
         term_sets: Sequence[tuple[str, ...]],
         spreads: Sequence[float] | None = None) -> tuple[float, tuple[tuple[str, float], ...]] | None:
     """Seconds per token predicted for `target` from `points` (features, measured seconds per
-    token; `spreads`: each point's relative standard deviation): the richest term set that has at
-    most as many terms as distinct points, only terms the points vary in and the target has, every
-    coefficient positive; None without points."""
+    token; `spreads`: each point's relative standard deviation); None without points.
+
+    Which terms: only those the target has and the points vary in, every coefficient positive.
+    One point: the first set (a scale of the nominal figure). Two: the first admissible set of two
+    terms in the order given (the one that carries over best first), else one. Three or more: of
+    the sets with fewer terms than points, the one whose leave-one-out error is smallest (a term
+    must earn its place by predicting runs it was not fitted to), fewer terms on a tie."""
     if not points:
         return None
-    for terms in sorted(term_sets, key=len, reverse=True):
-        if len(terms) > len(points) or len(terms) > 1 and len(points) < 2:
-            continue
+    spreads = list(spreads) if spreads else [0.0] * len(points)
+
+    def solve(terms, idx):
+        coef = _solve([[points[i][0][t] for t in terms] for i in idx], [points[i][1] for i in idx],
+                      [spreads[i] for i in idx])
+        return None if coef is None or any(c <= 0 for c in coef) else coef
+
+    def usable(terms) -> bool:
         if any(t not in target or any(t not in p for p, _ in points) for t in terms):
-            continue
-        if len(terms) > 1 and any(all(p[t] == 0 for p, _ in points) for t in terms):
-            continue
-        coef = _solve([[p[t] for t in terms] for p, _ in points], [y for _, y in points], spreads)
-        if coef is None or any(c <= 0 for c in coef):
-            continue
-        seconds = sum(c * target[t] for c, t in zip(coef, terms))
-        if seconds > 0:
-            return seconds, tuple(zip(terms, coef))
-    return None
+            return False
+        return len(terms) == 1 or not any(all(p[t] == 0 for p, _ in points) for t in terms)
+
+    k = len(points)
+    candidates = [t for t in term_sets if usable(t)]
+    if k <= 2:
+        order = [t for t in candidates if len(t) == k] + [t for t in candidates if len(t) < k]
+        chosen = next(((t, c) for t in order if (c := solve(t, range(k))) is not None), None)
+    else:
+        scored = []
+        for terms in candidates:
+            if len(terms) >= k or (coef := solve(terms, range(k))) is None:
+                continue
+            errors = []
+            for leave in range(k):
+                rest = [i for i in range(k) if i != leave]
+                fold = terms
+                while fold and (c := solve(fold, rest)) is None:
+                    # a term that comes out negative without this run: the fold does without it
+                    raw = _solve([[points[i][0][t] for t in fold] for i in rest], [points[i][1] for i in rest],
+                                 [spreads[i] for i in rest])
+                    fold = fold[:1] if raw is None else tuple(t for t, ci in zip(fold, raw) if ci > 0)
+                    if len(fold) == 1 and (c := solve(fold, rest)) is None:
+                        fold = ()
+                    elif len(fold) == 1:
+                        break
+                if not fold:
+                    break
+                predicted = sum(ci * points[leave][0][t] for ci, t in zip(c, fold))
+                errors.append((predicted / points[leave][1] - 1) ** 2)
+            if len(errors) == k:
+                scored.append((sum(errors) / k, len(terms), terms, coef))
+        scored.sort(key=lambda x: (round(x[0], 6), x[1]))
+        chosen = (scored[0][2], scored[0][3]) if scored else None
+    if chosen is None:
+        return None
+    terms, coef = chosen
+    seconds = sum(c * target[t] for c, t in zip(coef, terms))
+    return (seconds, tuple(zip(terms, coef))) if seconds > 0 else None
 
 
 def _spread(ys: list[float], spreads: list[float]) -> float:
