@@ -195,6 +195,21 @@ def _show_plan_findings(out: Output, the_plan) -> None:
     out.note(render.plan_summary(the_plan))
 
 
+NoTunedOpt = Annotated[bool, typer.Option("--no-tuned", help="Use moecli's plan, not the configuration a bench --sweep found fastest here.")]
+
+
+def _say_tuned(out: Output, chosen) -> None:
+    """One line when a tuned configuration is used, or when it no longer fits (and why)."""
+    from moecli import render
+
+    if chosen.note:
+        out.warn(chosen.note)
+    if chosen.tuned is not None:
+        out.note(render.tuned_line(chosen.tuned))
+    elif chosen.skipped is not None:
+        out.note(render.tuned_skipped_line(chosen.skipped))
+
+
 # --- plan -------------------------------------------------------------------------------------------
 @app.command()
 @with_plan_options
@@ -203,6 +218,7 @@ def plan(
     model: ModelArg,
     json_out: Annotated[bool, typer.Option("--json", help="The plan as JSON.")] = False,
     llama_args: Annotated[bool, typer.Option("--llama-args", help="Only the equivalent llama-server command.")] = False,
+    no_tuned: NoTunedOpt = False,
     *, request,
 ) -> None:
     """Show how MODEL fits this machine, and the llama.cpp flags for it.
@@ -218,13 +234,16 @@ def plan(
     with _status(out, "reading the model header…"):
         located = usecases.locate(model, remote_ok=True, fits=usecases.HubFits(machine))
         facts = usecases.read_facts(located)
-    the_plan = usecases.plan_for(facts, machine, request)
+    chosen = usecases.planned(facts, machine, request, use_tuned=not no_tuned)
+    the_plan = chosen.plan
+    _say_tuned(out, chosen)
     # a model still on the Hub: llama.cpp's own -hf fetches the same file
     path, hf = (str(located.path), False) if located.files else (located.remote_name or model, True)
     if llama_args:
         out.raw(render.llama_command(the_plan, path, hf=hf))
     else:
-        out.result({"model": render.model_dict(facts), "machine": machine, "plan": render.plan_json(the_plan)},
+        out.result({"model": render.model_dict(facts), "machine": machine, "plan": render.plan_json(the_plan),
+                    "tuned": chosen.tuned, "tuned_skipped": chosen.skipped},
                    human=lambda: render.plan_report(out, the_plan, facts, machine, path, hf=hf))
     if not the_plan.fits:
         raise typer.Exit(1)
@@ -254,6 +273,7 @@ def run(
     no_conversation: Annotated[bool, typer.Option("--no-conversation", "-no-cnv", help="Continue the -p text as given (raw completion, no template), e.g. for base models.", rich_help_panel="Template")] = False,
     json_schema: Annotated[Optional[Path], typer.Option("--json-schema", "-jf", help="Answer -p with JSON valid against the schema in this file (a grammar constrains sampling).", show_default=False)] = None,
     verbose: VerboseOpt = False,
+    no_tuned: NoTunedOpt = False,
     *, request,
 ) -> None:
     """Chat with MODEL, or answer --prompt once.
@@ -282,7 +302,9 @@ def run(
     Sampling(**typed)  # bad values are refused before the model is loaded
     prompt, system = _valid_argument(out, prompt, "--prompt"), _valid_argument(out, system, "--system")
     located, facts, machine = _prepare_local(out, model, request)
-    the_plan = usecases.plan_for(facts, machine, request, planning=False)
+    chosen = usecases.planned(facts, machine, request, use_tuned=not no_tuned, planning=False)
+    the_plan = chosen.plan
+    _say_tuned(out, chosen)
     _show_plan_findings(out, the_plan)
     engine = _load(out, located.path, the_plan.params, verbose)
     with engine:
@@ -343,7 +365,8 @@ def bench(
     n_gen: Annotated[int, typer.Option("--n-gen", "-n", help="Generated tokens of the tg test (0: skip).")] = 128,
     n_depth: Annotated[int, typer.Option("--n-depth", "-d", help="Tokens already in the context.")] = 0,
     reps: Annotated[int, typer.Option("--repetitions", "-r", help="Repetitions of each test.")] = 5,
-    sweep: Annotated[bool, typer.Option("--sweep", help="Also measure the plan's neighbours (MoE only).")] = False,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Also measure the plan's neighbours and remember the fastest (run and plan use it).")] = False,
+    history: Annotated[bool, typer.Option("--history", help="List what was measured of MODEL on this machine (measures nothing).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Results as JSON.")] = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Results as CSV (llama-bench's fields).")] = False,
     verbose: VerboseOpt = False,
@@ -360,7 +383,13 @@ def bench(
     n_prompt + n_gen + n_depth tokens. The speed is the same either way, because llama.cpp's
     attention reads only the KV cells in use, padded to 256 (llama_kv_cache::get_n_kv); only the
     KV cache's size differs. For llama-bench's context exactly, give -c n_prompt+n_gen+n_depth.
-    Every row records its n_ctx."""
+    Every row records its n_ctx.
+
+    Every row is recorded on this machine (moecli's data dir): `plan` predicts decode and prompt
+    speed from these runs, for other models and placements too. --sweep also measures the plan's
+    neighbours (expert layers, load mode, -ub; on the CPU alone threads, -ub, load mode) and
+    remembers the fastest, which `run` and `plan` then use (unless you give flags or --no-tuned).
+    --history lists what was measured."""
     from moecli import app as usecases
     from moecli import bench as benchmod
     from moecli import render
@@ -370,6 +399,9 @@ def bench(
     if reps < 1 or n_prompt < 0 or n_gen < 0 or n_depth < 0 or n_prompt + n_gen == 0:
         raise BadInput("nothing to measure", "give -p and/or -n above 0 and -r of at least 1")
     out = _output(context, json_mode=json_out, csv_mode=csv_out)
+    if history:
+        _history(out, model, request)
+        return
     spec = benchmod.BenchSpec(n_prompt=n_prompt, n_gen=n_gen, n_depth=n_depth, reps=reps)
     located, facts, machine = _prepare_local(out, model, request)
     job = usecases.bench_job(facts, machine, request, spec, sweep=sweep, ctx_given=ctx_given)
@@ -389,12 +421,49 @@ def bench(
     if done.partial:
         out.warn("interrupted (Ctrl-C): partial results, only the repetitions measured until then"
                  if done.results else "interrupted (Ctrl-C) before a repetition was measured")
+    # what a whole run measured teaches the plan; an interrupted one is shown, not recorded
+    recorded = usecases.record_bench(facts, machine, request, job, done, sweep=sweep) if not done.partial else None
+    if recorded is not None and recorded.note:
+        out.warn(recorded.note)
+
+    def human() -> None:
+        render.bench_table(out, done.results)
+        if sweep and recorded is not None:
+            render.sweep_chart(out, done.results, recorded.chosen)
+        if recorded is not None and recorded.tuned is not None:
+            out.console.print(render.tuned_line(recorded.tuned))
+
     if done.results:
         out.result({"model": str(located.path), "machine": machine, "plan": job.plan.params.to_llama_args(),
-                    "partial": done.partial, "results": [r.to_dict() for r in done.results]},
-                   csv=lambda: benchmod.to_csv(done.results), human=lambda: render.bench_table(out, done.results))
+                    "partial": done.partial, "results": [r.to_dict() for r in done.results],
+                    "tuned": recorded.tuned if recorded is not None else None},
+                   csv=lambda: benchmod.to_csv(done.results), human=human)
     if done.partial:
         raise typer.Exit(130)
+
+
+def _history(out: Output, model: str, request) -> None:
+    from moecli import app as usecases
+    from moecli import render
+
+    located = usecases.locate(model)
+    facts = usecases.read_facts(located)
+    machine = usecases.machine_for(request.machine)
+    past = usecases.bench_history(facts, machine)
+    if past.note:
+        out.warn(past.note)
+
+    def human() -> None:
+        out.print(f"{facts.name} on this machine ({past.machine}):")
+        if past.measurements:
+            render.history_table(out, past.measurements, past.tuned)
+        else:
+            out.print("  nothing measured yet: moecli bench MODEL")
+        if past.other_machines:
+            out.note(f"{past.other_machines} more rows of it were measured on other machines")
+
+    out.result({"model": str(located.path), "machine": past.machine, "measurements": list(past.measurements),
+                "tuned": past.tuned}, human=human)
 
 
 # --- pull / list / rm / verify ------------------------------------------------------------------------

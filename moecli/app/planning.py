@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from moecli import gguf, machine, planner
+from moecli import gguf, machine, measurements, planner
 from moecli.errors import BadInput, DoesNotFit, EngineError, MoecliError, NotMoE
 from moecli.facts import MachineFacts, ModelFacts
 from moecli.params import LlamaParams, PlacementFlags
@@ -202,3 +202,79 @@ class HubFits:
         except MoecliError as exc:
             return False, f"cannot plan it: {exc.message}"
         return v.fits, v.why
+
+
+# --- what this machine measured: calibration and tuned configurations ---------------------------
+def this_machine(machine_facts: MachineFacts) -> bool:
+    """Whether the machine planned for is this one (a profile is another machine: this one's
+    measurements say nothing about it)."""
+    return not machine_facts.source.startswith("profile")
+
+
+def calibration_from(store: measurements.Store, machine_facts: MachineFacts) -> planner.Calibration | None:
+    """This machine's measurements as the planner's facts (rows of another shape are skipped)."""
+    if not this_machine(machine_facts):
+        return None
+    fp = measurements.fingerprint(machine_facts)
+    samples = []
+    for m in store.of(fp.id):
+        try:
+            inputs = planner.SpeedInputs.from_dict(m.inputs)
+        except (TypeError, KeyError, ValueError):
+            continue
+        if m.n_depth == 0 and m.avg_ts > 0:
+            samples.append(planner.SpeedSample(inputs, m.test, m.avg_ts, m.when, m.n_prompt or m.n_gen,
+                                                   m.stddev_ts / m.avg_ts))
+    return planner.Calibration(tuple(samples))
+
+
+# Wishes that are part of a tuned configuration: given by the user, theirs win and the tuned one is not used
+_TUNED_WISHES = ("n_ubatch", "n_batch", "threads", "load_mode", "type_k", "type_v", "flash_attn")
+
+
+@dataclass(frozen=True)
+class TunedSkipped:
+    """A tuned configuration that was not used because it does not fit now (as data; render words it)."""
+
+    label: str
+    args: tuple[str, ...]  # its flags
+    n_ctx: int  # the context asked for now
+    device: str  # the device it does not fit
+    needed: int
+    budget: int
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The plan a command uses, with its speed from this machine's measurements, and where a
+    tuned configuration came in: `tuned` (used), `skipped` (not used, and why)."""
+
+    plan: planner.Plan
+    tuned: measurements.Tuned | None = None
+    skipped: TunedSkipped | None = None
+    note: str | None = None  # the measurements file was set aside (one line)
+
+
+def planned(facts: ModelFacts, machine_facts: MachineFacts, request: Request, *, use_tuned: bool = True,
+            planning: bool = True) -> Planned:
+    """What `plan`, `run` and `serve` use: moecli's plan (or the user's flags, as `plan_for`), or,
+    where a `bench --sweep` on this machine found a faster configuration for this model and the
+    user gave no flags of their own, that configuration, if it fits at the context asked for now;
+    its speed predicted from this machine's measurements."""
+    store = measurements.read()
+    fresh = plan_for(facts, machine_facts, request, planning=planning)
+    calibration = calibration_from(store, machine_facts)
+    tuned = skipped = None
+    own = request.flags is not None or any(getattr(request.wishes, w) is not None for w in _TUNED_WISHES)
+    if use_tuned and not own and this_machine(machine_facts):
+        record = store.tuned_for(measurements.fingerprint(machine_facts).id, planner.model_key(facts))
+        if record is not None:
+            params = record.to_params(fresh.params.n_ctx)
+            candidate = planner.evaluate(facts, machine_facts, params, request.wishes)
+            if candidate.fits:
+                fresh, tuned = candidate, record
+            else:
+                short = next(d for d in candidate.devices if not d.fits)
+                skipped = TunedSkipped(record.label, tuple(params.to_llama_args()), params.n_ctx, short.device,
+                                       short.total, short.budget or 0)
+    return Planned(planner.calibrated(fresh, calibration), tuned, skipped, store.note)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moecli import machine, planner
-from moecli.errors import BadInput, EngineError, NotMoE
+from moecli import machine, measurements, planner
+from moecli.cpu import logical_cores
+from moecli.errors import BadInput, NotMoE
 from moecli.facts import MachineFacts, ModelFacts
 from moecli.params import LlamaParams
 
@@ -97,9 +98,6 @@ def bench_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, 
     if sweep and not facts.is_moe:
         raise NotMoE(f"{facts.name} is a dense model: --sweep compares expert placements, and it has no experts",
                      "bench it without --sweep")
-    if sweep and not machine_facts.gpus:
-        raise EngineError("no GPU: --sweep compares expert placements between a GPU and the CPU",
-                          "bench without --sweep, or on a machine with a GPU")
     the_plan = plan_for(facts, machine_facts, request, planning=False)
     needed = spec.n_prompt + spec.n_gen + spec.n_depth
     if the_plan.params.n_ctx < needed:
@@ -112,8 +110,11 @@ def bench_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, 
         return BenchJob(the_plan, ((label, the_plan.params),))
     from moecli import bench as benchmod  # psutil: only for a bench, not for every use of the app layer
 
+    # without a GPU there is no placement to move: threads, micro-batch and load mode are what vary
+    candidates = None if machine_facts.gpus else benchmod.cpu_neighbours(the_plan, logical_cores())
     configs, left_out = benchmod.sweep(
-        the_plan, lambda p: planner.evaluate(facts, machine_facts, p, request.wishes).fits, label)
+        the_plan, lambda p: planner.evaluate(facts, machine_facts, p, request.wishes).fits, label,
+        candidates=candidates)
     return BenchJob(the_plan, tuple(configs), tuple(left_out))
 
 
@@ -183,3 +184,67 @@ def serve_rpc(host: str, port: int, *, mem: str | None = None, devices: tuple[st
     if not 0 < port < 65536:
         raise BadInput(f"--port {port} is not a TCP port", "e.g. --port 50052")
     rpc.serve(host, port, devices, cache, threads, on_ready=on_ready)
+
+
+# --- what a bench leaves behind -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Recorded:
+    """What `bench` recorded: the rows, the tuned configuration a sweep chose (None without a
+    sweep), and the measurements file's one line if it had to be set aside or could not be written."""
+
+    n_rows: int
+    tuned: measurements.Tuned | None = None
+    chosen: str | None = None  # the label of the fastest configuration
+    note: str | None = None
+
+
+def record_bench(facts: ModelFacts, machine_facts: MachineFacts, request: Request, job: BenchJob,
+                 done: BenchRun, *, sweep: bool = False) -> Recorded:
+    """Record every row with what decides its speed (planner.SpeedInputs of its configuration) and
+    this machine's fingerprint; after a sweep, the fastest configuration as this model's tuned one."""
+    from moecli import bench as benchmod
+
+    fp = measurements.fingerprint(machine_facts)
+    key = planner.model_key(facts)
+    when = measurements.now()
+    params_of = dict(job.configs)
+    rows = []
+    for r in done.results:
+        params = with_threads(params_of[r.label])
+        speed = planner.evaluate(facts, machine_facts, params, request.wishes).speed
+        rows.append(measurements.Measurement(
+            when=when, machine=fp.id, model=key, model_path=r.model_filename, label=r.label,
+            test="pp" if r.n_prompt else "tg", n_prompt=r.n_prompt, n_gen=r.n_gen, n_depth=r.n_depth,
+            avg_ts=r.avg_ts, stddev_ts=r.stddev_ts, samples_ts=r.samples_ts, args=tuple(params.to_llama_args()),
+            n_ctx=r.n_ctx, inputs=asdict(speed.inputs) if speed else {}, sweep=sweep))
+    tuned = chosen = None
+    if sweep and (chosen := benchmod.fastest(done.results)) is not None:
+        params = with_threads(params_of[chosen])
+        figures = {("pp" if r.n_prompt else "tg"): r.avg_ts for r in done.results if r.label == chosen}
+        tuned = measurements.Tuned(when=when, machine=fp.id, model=key, label=chosen,
+                                   params=measurements.Tuned.params_dict(params),
+                                   decode_ts=figures.get("tg"), prompt_ts=figures.get("pp"), n_ctx=params.n_ctx)
+    try:
+        store = measurements.add(rows, tuned)
+    except OSError as exc:
+        return Recorded(0, None, chosen, f"not recorded: {measurements.path()} could not be written ({exc.strerror})")
+    return Recorded(len(rows), tuned, chosen, store.note)
+
+
+@dataclass(frozen=True)
+class History:
+    measurements: tuple[measurements.Measurement, ...]  # this model on this machine, oldest first
+    tuned: measurements.Tuned | None
+    machine: str  # the fingerprint, for people
+    other_machines: int  # rows of this model measured on other machines
+    note: str | None = None
+
+
+def bench_history(facts: ModelFacts, machine_facts: MachineFacts) -> History:
+    """What was measured of this model on this machine, and its tuned configuration."""
+    store = measurements.read()
+    fp = measurements.fingerprint(machine_facts)
+    key = planner.model_key(facts)
+    mine = tuple(store.of(fp.id, key))
+    others = sum(1 for m in store.measurements if m.model == key and m.machine != fp.id)
+    return History(mine, store.tuned_for(fp.id, key), fp.describe, others, store.note)

@@ -14,7 +14,7 @@ from moecli.planner import devices as multi
 from moecli.planner.memory import OP_OFFLOAD_MIN_BATCH, _Account, _account, _kv_bytes, _runtime_overhead, _Setup
 from moecli.planner.model import _Model, _prepare, _Tensor
 from moecli.planner.placement import _describe, _params_for, _Where, _where, _where_from_params
-from moecli.planner.speed import _decode
+from moecli.planner.speed import _decode, _speed_inputs, predict
 from moecli.planner.types import (
     DEFAULT_BATCH,
     DEFAULT_CTX,
@@ -137,9 +137,11 @@ def _finish(m: _Model, machine: MachineFacts, gpu: GpuFacts | None, params: Llam
     if not_loaded:
         found.append(MtpNotLoaded(not_loaded))
     order = (Kind.GAVE_UP, Kind.WARNING, Kind.NOTE)  # as a report reads them; each kind in the order found
+    decode = _decode(m, where, machine, gpu, acc.copied)
+    speed = predict(_speed_inputs(m, where, machine, gpu, params, decode), decode, None)
     return Plan(
         model=f.name, arch=f.arch, machine=machine.source, is_moe=m.is_moe, params=params, devices=devices,
-        placement=placement, tensors=rows, n_ctx=setup.cells, decode=_decode(m, where, machine, gpu, acc.copied),
+        placement=placement, tensors=rows, n_ctx=setup.cells, decode=decode, speed=speed,
         findings=tuple(sorted(found, key=lambda x: order.index(x.kind))), alternatives=tuple(alternatives),
         file_bytes=f.n_bytes, copied_bytes=acc.copied, not_loaded_bytes=not_loaded,
     )
