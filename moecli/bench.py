@@ -173,7 +173,7 @@ class BenchSpec:
 def neighbours(plan: Plan, steps: Iterable[int] = (1, 2)) -> list[tuple[str, LlamaParams]]:
     """Configurations around a plan, for benchmarking: the plan, +-k expert layers on the GPU, all
     experts on the CPU, a naive layer split of the same VRAM, and the other load mode. The ones
-    with more on the GPU may not fit: evaluate them before loading."""
+    with more on the GPU may not fit: evaluate them before loading. Also twice the micro-batch."""
     if not plan.is_moe:
         raise NotMoE(f"{plan.model} is a dense model: the sweep moves experts, and it has none",
                      "benchmark it with `moecli bench` without --sweep")
@@ -200,6 +200,28 @@ def neighbours(plan: Plan, steps: Iterable[int] = (1, 2)) -> list[tuple[str, Lla
         out.append((naive.label, naive.params))
     other = "mmap" if base.load_mode == "none" else "none"
     out.append((f"plan with -lm {other}", base.with_(load_mode=other)))
+    big = base.n_ubatch * 2  # a larger micro-batch amortises the copies of CPU experts for prompts
+    out.append((f"plan with -ub {big}", base.with_(n_ubatch=big, n_batch=max(base.n_batch, big))))
+    return _unique(out)
+
+
+def cpu_neighbours(plan: Plan, logical_cores: int) -> list[tuple[str, LlamaParams]]:
+    """Configurations around a plan on the CPU alone (no placement to move): other thread counts
+    (one fewer, and every hardware thread), half and twice the micro-batch, the other load mode."""
+    base = plan.params
+    threads = base.n_threads or logical_cores
+    out: list[tuple[str, LlamaParams]] = [("plan", base)]
+    for n in sorted({max(1, threads - 1), logical_cores} - {threads}):
+        out.append((f"plan with -t {n}", base.with_(n_threads=n)))
+    for ub in (base.n_ubatch // 2, base.n_ubatch * 2):
+        if ub >= 1:
+            out.append((f"plan with -ub {ub}", base.with_(n_ubatch=ub, n_batch=max(base.n_batch, ub))))
+    other = "none" if base.use_mmap else "mmap"
+    out.append((f"plan with -lm {other}", base.with_(load_mode=other)))
+    return _unique(out)
+
+
+def _unique(out: list[tuple[str, LlamaParams]]) -> list[tuple[str, LlamaParams]]:
     seen, unique = set(), []
     for label, params in out:
         if params not in seen:
@@ -208,19 +230,28 @@ def neighbours(plan: Plan, steps: Iterable[int] = (1, 2)) -> list[tuple[str, Lla
     return unique
 
 
-def sweep(plan: Plan, fits: Callable[[LlamaParams], bool],
-          label: str = "plan") -> tuple[list[tuple[str, LlamaParams]], list[str]]:
+def sweep(plan: Plan, fits: Callable[[LlamaParams], bool], label: str = "plan", *,
+          candidates: list[tuple[str, LlamaParams]] | None = None) -> tuple[list[tuple[str, LlamaParams]], list[str]]:
     """`moecli bench --sweep`: the plan (named `label`) and its neighbours (`neighbours`: +-1-2
-    expert layers on the GPU, all experts on the CPU, a naive layer split, the other load mode),
-    keeping those that `fits(params)` accepts; also the labels of those left out. A configuration
-    that does not fit is not loaded: on a GPU it would fail to allocate, or slow the machine down."""
+    expert layers on the GPU, all experts on the CPU, a naive layer split, the other load mode, a
+    larger -ub; or `candidates`, e.g. `cpu_neighbours`), keeping those that `fits(params)` accepts;
+    also the labels of those left out. A configuration that does not fit is not loaded: on a GPU
+    it would fail to allocate, or slow the machine down."""
     configs, left_out = [(label, plan.params)], []
-    for name, params in neighbours(plan)[1:]:  # [0] is the plan itself
+    for name, params in (neighbours(plan) if candidates is None else candidates)[1:]:  # [0] is the plan itself
         if fits(params):
             configs.append((name, params))
         else:
             left_out.append(name)
     return configs, left_out
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a configuration was measured: `rows` holds the repetitions done by then."""
+
+    def __init__(self, rows: list[BenchResult]) -> None:
+        super().__init__()
+        self.rows = rows
 
 
 def run_config(path: Path, label: str, params: LlamaParams, spec: BenchSpec, *,
@@ -231,24 +262,28 @@ def run_config(path: Path, label: str, params: LlamaParams, spec: BenchSpec, *,
     llama-bench). `load(path, params)` returns an engine (moecli.engine.Engine.load)."""
     tests = [(n, 0) for n in (spec.n_prompt,) if n > 0] + [(0, n) for n in (spec.n_gen,) if n > 0]
     samples: dict[tuple[int, int], list[int]] = {}
+    interrupted = False
     with PeakSampler(vram_used) as peaks:
         with load(path, params) as engine:
-            for n_prompt, n_gen in tests:
-                engine.bench_warmup(n_prompt, n_gen)
-                runs = samples.setdefault((n_prompt, n_gen), [])
-                for rep in range(spec.reps):
-                    if n_prompt:
-                        seconds = engine.bench_prompt(n_prompt, depth=spec.n_depth, seed=rep)
-                    else:
-                        seconds = engine.bench_gen(n_gen, depth=spec.n_depth, seed=rep)
-                    runs.append(round(seconds * 1e9))
-                    if on_rep:
-                        on_rep(f"pp{n_prompt}" if n_prompt else f"tg{n_gen}", rep + 1)
+            try:
+                for n_prompt, n_gen in tests:
+                    engine.bench_warmup(n_prompt, n_gen)
+                    runs = samples.setdefault((n_prompt, n_gen), [])
+                    for rep in range(spec.reps):
+                        if n_prompt:
+                            seconds = engine.bench_prompt(n_prompt, depth=spec.n_depth, seed=rep)
+                        else:
+                            seconds = engine.bench_gen(n_gen, depth=spec.n_depth, seed=rep)
+                        runs.append(round(seconds * 1e9))
+                        if on_rep:
+                            on_rep(f"pp{n_prompt}" if n_prompt else f"tg{n_gen}", rep + 1)
+            except KeyboardInterrupt:  # keep the repetitions measured (Interrupted carries them)
+                interrupted = True
             facts = dict(model_type=engine.model_type, model_size=engine.model_size,
                          model_n_params=engine.model_n_params, n_threads=engine.n_threads, n_ctx=engine.n_ctx,
                          load_mode=engine.report.load_mode or params.load_mode,
                          flash_attn=_flash(engine.report.flash_attn, params.flash_attn))
-    return [
+    rows = [
         BenchResult(
             label=label, model_filename=str(path), n_batch=params.n_batch, n_ubatch=params.n_ubatch,
             type_k=params.type_k, type_v=params.type_v, n_gpu_layers=params.n_gpu_layers,
@@ -257,8 +292,11 @@ def run_config(path: Path, label: str, params: LlamaParams, spec: BenchSpec, *,
             n_prompt=n_prompt, n_gen=n_gen, n_depth=spec.n_depth, samples_ns=tuple(runs),
             peak_ram_bytes=peaks.peak_ram, peak_vram_bytes=peaks.peak_vram, **facts,
         )
-        for (n_prompt, n_gen), runs in samples.items()
+        for (n_prompt, n_gen), runs in samples.items() if runs
     ]
+    if interrupted:
+        raise Interrupted(rows)
+    return rows
 
 
 def _flash(resolved: bool | None, wished: str) -> str:
@@ -281,3 +319,21 @@ def to_csv(results: Sequence[BenchResult]) -> str:
         data = result.to_dict()
         writer.writerow([" ".join(str(v) for v in data[f]) if f.startswith("samples") else data[f] for f in FIELDS])
     return buffer.getvalue()
+
+
+# Two decode figures within this fraction of each other are the same speed on a shared machine
+# (repetitions on this project's 2-core box differ by several percent): between such
+# configurations the faster prompt decides.
+SAME_SPEED = 0.05
+
+
+def fastest(results: Sequence[BenchResult]) -> str | None:
+    """The label of the fastest configuration: the highest decode (tg) speed, and among those
+    within SAME_SPEED of it the highest prompt (pp) speed; by prompt speed alone without a tg row."""
+    tg = {r.label: r.avg_ts for r in results if r.n_gen and not r.n_prompt}
+    pp = {r.label: r.avg_ts for r in results if r.n_prompt and not r.n_gen}
+    if tg:
+        best = max(tg.values())
+        close = [label for label, v in tg.items() if v >= best * (1 - SAME_SPEED)]
+        return max(close, key=lambda label: (pp.get(label, 0.0), tg[label]))
+    return max(pp, key=pp.get) if pp else None

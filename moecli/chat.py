@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from moecli.app.running import ctrl_c_sets
+from moecli.engine.core import valid_text
 from moecli.errors import MoecliError
 from moecli.output import Output
 
@@ -31,6 +32,14 @@ HELP = """\
 Ctrl-C stops the reply being written; at the prompt it clears the line."""
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+NOT_UTF8 = "not valid UTF-8: the bytes that are not are sent as \ufffd"
+
+
+def valid_input(text: str) -> tuple[str, bool]:
+    """What the user typed, as valid text: bytes that were not UTF-8 (lone surrogates in a str
+    from the terminal or the command line) become U+FFFD; and whether there were any."""
+    valid = valid_text(text)
+    return valid, valid != text
 
 
 def opens_thinking(prompt: str) -> bool:
@@ -94,7 +103,8 @@ class ReplyFigures:
     stopped: bool = False  # Ctrl-C
     context_full: bool = False
 
-    def line(self) -> str:
+    def line(self, *, chat: bool = True) -> str:
+        """The figures in one line; `chat=False` (`run -p`): without the chat's commands."""
         text = (
             f"prompt {self.prompt_n} tok, {self.prompt_per_second:.1f} tok/s · "
             f"generation {self.predicted_n} tok, {self.predicted_per_second:.1f} tok/s · "
@@ -103,7 +113,7 @@ class ReplyFigures:
         if self.stopped:
             text += " · stopped"
         if self.context_full:
-            text += " · the context is full: /reset starts over"
+            text += " · the context is full: " + ("/reset starts over" if chat else "a larger -c gives more room")
         return text
 
 
@@ -173,6 +183,7 @@ class ChatSession:
     template_kwargs: dict = field(default_factory=dict)  # e.g. enable_thinking (llama.cpp's --reasoning)
     messages: list[dict] = field(default_factory=list)
     history: list[ReplyFigures] = field(default_factory=list)
+    tool_calls: list = field(default_factory=list)  # the last reply's (moecli.templates.ToolCall)
 
     def __post_init__(self) -> None:
         self.reset()
@@ -189,9 +200,12 @@ class ChatSession:
         pieces: list[str] = []
         try:
             thinking = opens_thinking(self.engine.render_chat(self.messages, **self.template_kwargs))
+            fmt = getattr(self.engine, "output_format", None)  # how its model writes tool calls
+            self._format = fmt if fmt is not None and fmt.tools not in ("none", "harmony") else None
+            special = {"special": True} if self._format and self._format.needs_special_tokens else {}
             with ctrl_c_sets(stop):
                 stream = _Counter(self.engine.chat(self.messages, self.sampling, should_stop=lambda: stop[0],
-                                                   template_kwargs=self.template_kwargs))
+                                                   template_kwargs=self.template_kwargs, **special))
                 if self.out.is_terminal:
                     self._render_live(stream, pieces, thinking)
                 else:
@@ -207,8 +221,13 @@ class ChatSession:
         return figures
 
     def _parts(self, stream: Iterable[str], pieces: list[str], thinking: bool) -> Iterator[tuple[str, str]]:
-        """(kind, text) parts; without the thinking shown, the blank lines after `</think>` go too."""
+        """(kind, text) parts; without the thinking shown, the blank lines after `</think>` go too.
+        A tool call the model writes (in its template's format) is one ("tool", line) part."""
+        from moecli.templates import OutputParser
+
         splitter = ThinkSplitter(thinking)
+        calls = OutputParser(self._format, reasoning=False) if getattr(self, "_format", None) else None
+        self.tool_calls = []
         answer_started = False
 
         def parts(kind: str, text: str) -> Iterator[tuple[str, str]]:
@@ -220,12 +239,23 @@ class ChatSession:
             if text:
                 yield kind, text
 
+        def answer(kind: str, text: str, final: bool = False) -> Iterator[tuple[str, str]]:
+            if kind != "answer" or calls is None:
+                yield from parts(kind, text)
+                return
+            delta = calls.finish() if final else calls.feed(text)
+            yield from parts("answer", delta.content)
+            for call in delta.tool_calls:
+                self.tool_calls.append(call)
+                yield "tool", f"→ tool call {call.name}({call.arguments})"
+
         for piece in stream:
             pieces.append(piece)
             for kind, text in splitter.feed(piece):
-                yield from parts(kind, text)
+                yield from answer(kind, text)
         for kind, text in splitter.flush():
-            yield from parts(kind, text)
+            yield from answer(kind, text)
+        yield from answer("answer", "", final=True)
 
     def _render_plain(self, stream: Iterable[str], pieces: list[str], thinking: bool) -> None:
         """No terminal: plain text. Shown thinking keeps its tags (there is no dim in a pipe)."""
@@ -234,9 +264,13 @@ class ChatSession:
         for kind, text in self._parts(stream, pieces, thinking):
             if kind == "think" and not self.show_thinking:
                 continue
-            if kind != state and self.show_thinking:
+            if kind == "tool":
+                write(("" if state == "tool" else "\n") + text + "\n")
+                state = "tool"
+                continue
+            if kind != state and self.show_thinking and "think" in (kind, state):
                 write(THINK_OPEN if kind == "think" else THINK_CLOSE)
-                state = kind
+            state = kind
             write(text)
             self.out.stdout.flush()
         if state == "think":
@@ -258,7 +292,9 @@ class ChatSession:
                     live.refresh()
                 if hidden:
                     continue
-                style = "dim italic" if kind == "think" else None
+                style = "dim italic" if kind == "think" else "cyan" if kind == "tool" else None
+                if kind == "tool":
+                    text = ("\n" if status.current.plain else "") + text + "\n"
                 current, finished = status.current.copy(), []
                 *done, rest = text.split("\n")
                 for line in done:
@@ -277,6 +313,18 @@ class ChatSession:
             console.print(status.current)
 
 
+def complete_once(engine, prompt: str, sampling, out: Output) -> ReplyFigures:
+    """Raw completion (`run --no-conversation -p TEXT`): the text continued as given, no template."""
+    stop = [False]
+    with ctrl_c_sets(stop):
+        for piece in engine.complete(prompt, sampling, should_stop=lambda: stop[0]):
+            out.stdout.write(piece)
+            out.stdout.flush()
+    out.stdout.write("\n")
+    out.stdout.flush()
+    return figures_of(engine.last_timings, stopped=stop[0], stop_reason=engine.last_stop_reason)
+
+
 def run_repl(session: ChatSession, read_line: Callable[[str], str], out: Output) -> None:
     """The loop: a prompt, a reply, until /exit or Ctrl-D. Ctrl-C at the prompt clears the line; an
     error in one turn is reported and the chat goes on."""
@@ -290,6 +338,12 @@ def run_repl(session: ChatSession, read_line: Callable[[str], str], out: Output)
         except KeyboardInterrupt:
             out.print("")
             continue
+        except UnicodeDecodeError:  # a reader that decodes strictly: the line is gone
+            out.warn("that line was not valid UTF-8 and was dropped (is the terminal set to UTF-8?)")
+            continue
+        line, bad = valid_input(line)
+        if bad:
+            out.warn(f"that line was {NOT_UTF8} (is the terminal set to UTF-8?)")
         text = line.strip()
         if not text:
             continue

@@ -153,6 +153,37 @@ class GpuFacts:
     free_bytes: int
     bandwidth: float | None = None  # bytes/s of its memory, where it can be derived
     runtime_overhead: int | None = None  # the CUDA context and workspaces, when measured or profiled
+    link_bandwidth: float | None = None  # bytes/s between it and the host (PCIe); None: PCIe 3.0 x16
+
+    @property
+    def name_llama(self) -> str:
+        return f"CUDA{self.index}"
+
+
+@dataclass(frozen=True)
+class RpcFacts:
+    """A device of a llama.cpp RPC worker (`moecli rpc-server`, ggml's rpc-server): its memory as the
+    server reports it (`ggml_backend_rpc_get_device_memory`) or as the user says (`--rpc-mem`, for a
+    worker not started yet), and the network link to it."""
+
+    endpoint: str  # "host:port"
+    index: int  # llama.cpp's device name is RPC<index>, counted over every worker in --rpc order
+    device: int  # the device's index on its server (its buffer type is RPC<device>[host:port])
+    total_bytes: int
+    free_bytes: int
+    bandwidth: float | None = None  # bytes/s of its memory, when known
+    link_bandwidth: float | None = None  # bytes/s of the network; None: gigabit Ethernet
+    link_latency: float | None = None  # seconds per round trip; None: a LAN's
+    runtime_overhead: int = 0  # what its backend keeps for itself beyond the reported free memory
+    reported: bool = False  # True: read from the running server; False: from --rpc-mem
+
+    @property
+    def name_llama(self) -> str:
+        return f"RPC{self.index}"
+
+    @property
+    def buffer_type(self) -> str:
+        return f"RPC{self.device}[{self.endpoint}]"
 
 
 @dataclass(frozen=True)
@@ -163,7 +194,15 @@ class MachineFacts:
     physical_cores: int
     ram_bandwidth: float | None = None  # bytes/s, from a profile or a measurement
     source: str = "probed"  # "probed", "profile gtx1060-6gb", "probed + --vram 6GiB", ...
+    logical_cores: int | None = None  # hardware threads, where known (this machine's; a profile has none)
+    rpc: tuple[RpcFacts, ...] = ()  # RPC workers' devices, in llama.cpp's order
 
     @property
     def has_gpu(self) -> bool:
         return bool(self.gpus)
+
+    @property
+    def devices(self) -> tuple[GpuFacts | RpcFacts, ...]:
+        """The devices besides the CPU in the order llama.cpp numbers them for -ts: RPC devices
+        first (llama_model_load_from_file: "add RPC servers at the front of the list"), then GPUs."""
+        return (*self.rpc, *self.gpus)

@@ -90,6 +90,16 @@ class SourceNotFound(ModelFileError):
 OpenShard = Callable[[str], ByteSource]  # a shard's location -> its bytes
 
 
+def not_regular(path: Path) -> str:
+    """What a path that exists but is not a regular file is, in words."""
+    import stat
+
+    mode = path.stat().st_mode
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+    return f"a link to {os.path.realpath(path)}, {kind}" if path.is_symlink() else kind
+
+
 class _LocalFile:
     def __init__(self, path: str) -> None:
         self.location = path
@@ -100,6 +110,8 @@ class _LocalFile:
                                  "check the path, or pull the model first: moecli pull REPO:QUANT")
         if p.is_dir():
             raise ModelFileError(f"{path} is a directory, not a GGUF file", "name the .gguf file inside it")
+        if not p.is_file():  # opening a FIFO would wait for a writer; /dev/zero never ends
+            raise ModelFileError(f"{path} is {not_regular(p)}, not a regular file", "name a .gguf file")
         try:
             self._file = open(p, "rb")  # closed by close()
         except OSError as exc:
@@ -554,6 +566,10 @@ def _read_shards(location: str, given: GgufHeader, open_shard: OpenShard | None)
     for i, loc in enumerate(shard_locations(location, count)):
         header = given if _base_name(loc) == given.name else _read_shard(loc, i, count, open_shard)
         no = header.metadata.get("split.no", i)
+        if "split.count" not in header.metadata:  # a whole model named like a shard
+            raise ModelFileError(f"{header.name} is not a shard of a split model (it has no split.count), but its "
+                                 f"name says shard {i + 1} of {count}",
+                                 "the shards come from different models or were renamed: download them again")
         if no != i or _split_count(header) != count:
             raise ModelFileError(f"{header.name} says it is shard {no + 1 if isinstance(no, int) else no} of "
                                  f"{_split_count(header)}, but its name says {i + 1} of {count}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from moecli import paths
-from moecli.cpu import physical_cores  # noqa: F401 - machine.physical_cores is this module's too
+from moecli.cpu import logical_cores, physical_cores  # noqa: F401 - machine.physical_cores is this module's too
 from moecli.errors import BadInput
-from moecli.facts import GpuFacts, MachineFacts
+from moecli.facts import GpuFacts, MachineFacts, RpcFacts
 from moecli.units import MiB, fmt_bytes, parse_size
 
 try:  # Python 3.11+; 3.10 reads profiles with the tomli backport
@@ -33,8 +34,8 @@ OS_RAM_SHARE = 0.10
 # The CUDA primary context costs ~2.9 MiB per streaming multiprocessor: 107 MiB on an RTX 4060 Ti
 # (34 SMs), 555 MiB on an RTX PRO 6000 (188 SMs) (llama.cpp PR #23604; PR #20595 quotes 120-550 MB
 # "depending on GPU"). On top of it come cuBLAS/MMQ workspaces and llama.cpp's CUDA memory pool:
-# on the team's H100 (132 SMs) the peak was 690-730 MiB above llama.cpp's own estimate
-# (facts/gpu-build.md), i.e. ~310 MiB beyond the context at n_ubatch 512.
+# on an H100 (132 SMs) the peak was 690-730 MiB above llama.cpp's own estimate (the H100 runs
+# described in moecli/planner/__init__.py), i.e. ~310 MiB beyond the context at n_ubatch 512.
 _CONTEXT_PER_SM = 2.9 * MiB
 _CONTEXT_BASE = 8 * MiB
 _WORKSPACES = 320 * MiB
@@ -203,7 +204,7 @@ def probe_host(*, measure_bandwidth: bool = True) -> MachineFacts:
     memory = psutil.virtual_memory()
     bandwidth, note = ram_bandwidth() if measure_bandwidth else (None, "RAM bandwidth not measured")
     return MachineFacts((), int(memory.total), int(memory.available), physical_cores(), bandwidth,
-                        source=f"probed ({note})")
+                        source=f"probed ({note})", logical_cores=logical_cores())
 
 
 def probe(*, measure_bandwidth: bool = True) -> MachineFacts:
@@ -318,12 +319,25 @@ def load_profile(name: str, *, host: MachineFacts | None = None, measure_bandwid
 # overrides
 
 
+def vram_bytes(vram: str | int) -> int:
+    """--vram as bytes; zero (with a unit or without) is refused with the flag that means it."""
+    if isinstance(vram, str) and re.fullmatch(r"\s*0*\.?0*\s*[A-Za-z]*\s*", vram) and re.search(r"0", vram):
+        size = 0
+    else:
+        size = parse_size(vram, "--vram") if isinstance(vram, str) else int(vram)
+    if size <= 0:
+        raise BadInput(f"--vram {vram}: a GPU with no memory is no GPU",
+                       "plan without one with --cpu-only, or give the card's memory, e.g. --vram 6GiB")
+    return size
+
+
 def apply_overrides(facts: MachineFacts, *, vram: str | int | None = None, ram: str | int | None = None,
                     cpu_only: bool = False) -> MachineFacts:
     """Plan for a machine a little different from this one.
 
     - vram: "this is my card's memory": the first GPU gets that total and free memory (a GPU
       is assumed when none was probed); the CUDA runtime's overhead still has to fit inside it.
+      Several sizes (`6GiB,8GiB`) are one per GPU, in order (GPUs are assumed where fewer were probed).
     - ram: the machine's RAM; OS_RAM_SHARE of it is assumed taken by the OS and other programs.
     - cpu_only: no GPU is used.
     """
@@ -331,16 +345,15 @@ def apply_overrides(facts: MachineFacts, *, vram: str | int | None = None, ram: 
         raise BadInput("--cpu-only and --vram contradict each other", "give one of them")
     notes = []
     if vram is not None:
-        size = parse_size(vram, "--vram") if isinstance(vram, str) else int(vram)
-        if size <= 0:
-            raise BadInput(f"--vram {vram!r} must be more than zero", "e.g. --vram 6GiB")
-        if facts.gpus:
-            first = replace(facts.gpus[0], total_bytes=size, free_bytes=size)
-            gpus = (first, *facts.gpus[1:])
-        else:
-            gpus = (GpuFacts(0, "GPU (from --vram)", size, size),)
-        facts = replace(facts, gpus=gpus)
-        notes.append(f"--vram {vram if isinstance(vram, str) else fmt_bytes(size)}")
+        sizes = [vram_bytes(v.strip()) for v in vram.split(",")] if isinstance(vram, str) else [vram_bytes(vram)]
+        gpus = list(facts.gpus)
+        for i, size in enumerate(sizes):
+            if i < len(gpus):
+                gpus[i] = replace(gpus[i], total_bytes=size, free_bytes=size)
+            else:
+                gpus.append(GpuFacts(i, "GPU (from --vram)", size, size))
+        facts = replace(facts, gpus=tuple(gpus))
+        notes.append(f"--vram {vram if isinstance(vram, str) else fmt_bytes(sizes[0])}")
     if ram is not None:
         size = parse_size(ram, "--ram") if isinstance(ram, str) else int(ram)
         if size <= 0:
@@ -355,13 +368,64 @@ def apply_overrides(facts: MachineFacts, *, vram: str | int | None = None, ram: 
     return facts
 
 
+def parse_endpoints(text: str | None) -> tuple[str, ...]:
+    """`--rpc HOST:PORT[,HOST:PORT...]`, llama.cpp's syntax."""
+    if not text:
+        return ()
+    out = []
+    for item in text.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BadInput(f"--rpc {item.strip()!r} is not HOST:PORT", "e.g. --rpc 192.168.1.20:50052,192.168.1.21:50052")
+        out.append(f"{host}:{int(port)}")
+    if len(set(out)) != len(out):
+        raise BadInput(f"--rpc {text!r} names a worker twice", "name each worker once")
+    return tuple(out)
+
+
+def rpc_devices(endpoints: tuple[str, ...], mem: str | None = None,
+                reported: dict[str, tuple[int, int]] | None = None) -> tuple[RpcFacts, ...]:
+    """The RPC workers' devices (one per worker; llama.cpp numbers them RPC0, RPC1, ... in --rpc
+    order): their memory from `--rpc-mem` (one size, or one per worker: a worker not started yet),
+    else as each running server reported it (`reported`: endpoint -> (free, total))."""
+    sizes: list[int] = []
+    if mem:
+        sizes = [parse_size(v.strip(), "--rpc-mem") for v in mem.split(",")]
+        if len(sizes) == 1:
+            sizes *= len(endpoints)
+        if len(sizes) != len(endpoints) or any(s <= 0 for s in sizes):
+            raise BadInput(f"--rpc-mem {mem!r}: give one size, or one per --rpc worker ({len(endpoints)})",
+                           "e.g. --rpc-mem 32GiB or --rpc-mem 32GiB,16GiB")
+    out = []
+    for i, endpoint in enumerate(endpoints):
+        if sizes:
+            out.append(RpcFacts(endpoint, i, 0, sizes[i], sizes[i]))
+        elif reported and endpoint in reported:
+            free, total = reported[endpoint]
+            out.append(RpcFacts(endpoint, i, 0, total, free, reported=True))
+        else:
+            raise BadInput(f"how much memory does RPC worker {endpoint} have?",
+                           "start it (moecli rpc-server) so moecli can ask it, or say it: --rpc-mem 32GiB")
+    return tuple(out)
+
+
+def with_rpc(facts: MachineFacts, rpc: tuple[RpcFacts, ...]) -> MachineFacts:
+    if not rpc:
+        return facts
+    what = ", ".join(f"{d.name_llama} {d.endpoint} {fmt_bytes(d.free_bytes)}"
+                     + (" reported" if d.reported else " (--rpc-mem)") for d in rpc)
+    return replace(facts, rpc=rpc, source=f"{facts.source} + RPC {what}")
+
+
 def resolve(*, profile: str | None = None, vram: str | int | None = None, ram: str | int | None = None,
-            cpu_only: bool = False, measure_bandwidth: bool = True) -> MachineFacts:
-    """What `moecli plan` plans for: a profile or this machine, then the user's overrides."""
+            cpu_only: bool = False, measure_bandwidth: bool = True,
+            rpc: tuple[RpcFacts, ...] = ()) -> MachineFacts:
+    """What `moecli plan` plans for: a profile or this machine, then the user's overrides, then
+    RPC workers' devices (`rpc_devices`)."""
     if profile:
         base = load_profile(profile, measure_bandwidth=measure_bandwidth)
     elif cpu_only:
         base = probe_host(measure_bandwidth=measure_bandwidth)  # no need to wake NVML
     else:
         base = probe(measure_bandwidth=measure_bandwidth)
-    return apply_overrides(base, vram=vram, ram=ram, cpu_only=cpu_only)
+    return with_rpc(apply_overrides(base, vram=vram, ram=ram, cpu_only=cpu_only), rpc)

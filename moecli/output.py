@@ -25,6 +25,63 @@ from rich.text import Text
 from moecli.errors import MoecliError
 
 
+class OutputFailed(MoecliError):
+    """stdout cannot be written (a full disk, a closed pipe): the command's result is lost. A
+    closed pipe (`moecli plan demo | head -1`) is what the reader wanted: no message, exit 141 as
+    a process killed by SIGPIPE."""
+
+    def __init__(self, message: str, hint: str = "", *, broken_pipe: bool = False) -> None:
+        super().__init__(message, hint)
+        self.broken_pipe = broken_pipe
+        if broken_pipe:
+            self.exit_code = 141
+
+
+class _Guarded:
+    """A stream whose write errors become OutputFailed, naming the stream and the cause: `moecli
+    plan demo > /dev/full` gives one line on stderr, not a traceback from inside rich."""
+
+    def __init__(self, stream: TextIO, name: str) -> None:
+        self._stream, self._name = stream, name
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> OutputFailed:
+        _silence(self._stream)
+        return OutputFailed(f"cannot write to {self._name}: {exc.strerror or exc}",
+                            f"free space on the disk {self._name} goes to, or redirect it elsewhere",
+                            broken_pipe=isinstance(exc, BrokenPipeError))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guarded(stream: TextIO, name: str = "stdout") -> TextIO:
+    """`stream` with its write errors as OutputFailed (once: a guarded stream is returned as it is)."""
+    return stream if isinstance(stream, _Guarded) else _Guarded(stream, name)  # type: ignore[return-value]
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a failed stream at /dev/null, so that Python's flush at exit does not fail again."""
+    try:
+        fd = stream.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def _is_tty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
@@ -46,6 +103,7 @@ class Output:
 
     def __post_init__(self) -> None:
         self.json_mode = self.json_mode or self.csv_mode  # results only on stdout
+        self.stdout = guarded(self.stdout)
         if self.stdin_is_terminal is None:
             self.stdin_is_terminal = _is_tty(self.stdin)
         self.is_terminal = _is_tty(self.stdout) and not self.json_mode

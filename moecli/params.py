@@ -128,6 +128,11 @@ class LlamaParams:
     n_threads: int | None = None  # -t; None = physical cores
     n_threads_batch: int | None = None  # -tb; None = same as -t
     main_gpu: int = 0  # -mg
+    # several devices (empty: llama.cpp's defaults): -ts, one weight per device in llama.cpp's order
+    # (RPC devices first), -dev (device names: RPC0, CUDA0, ...), --rpc (the workers, host:port)
+    tensor_split: tuple[float, ...] = ()
+    devices: tuple[str, ...] = ()
+    rpc_servers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -179,6 +184,13 @@ class LlamaParams:
         bench = tool == "bench"
         ngl = self.n_gpu_layers
         args = ["-ngl", ("999" if bench else "all") if ngl < 0 else str(ngl)]
+        sep = "/" if bench else ","  # llama-bench separates a list inside one value with "/"
+        if self.rpc_servers:
+            args += ["-rpc" if bench else "--rpc", ",".join(self.rpc_servers)]
+        if self.devices:
+            args += ["-dev", sep.join(self.devices)]
+        if self.tensor_split:
+            args += ["-ts", sep.join(f"{w:g}" for w in self.tensor_split)]
         explicit = [str(o) for o in self.tensor_overrides]
         if self.cpu_moe and bench:  # llama-bench has no --cpu-moe; its -ot comes before -ncmoe
             explicit.append(str(TensorOverride(EXPS_REGEX)))

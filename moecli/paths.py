@@ -34,6 +34,23 @@ def config_dir() -> Path:
     return root / "config" if root else Path(platformdirs.user_config_dir(APP))
 
 
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache as huggingface_hub finds it now: HF_HUB_CACHE (or the older
+    HUGGINGFACE_HUB_CACHE), else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else
+    ~/.cache/huggingface/hub. moecli's records are kept per cache (moecli.store)."""
+    env = os.environ
+    hf_home = Path(os.path.expandvars(os.path.expanduser(
+        env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))))
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or str(hf_home / "hub")
+    return Path(os.path.expandvars(os.path.expanduser(cache)))
+
+
+def hf_home() -> Path:
+    env = os.environ
+    return Path(os.path.expandvars(os.path.expanduser(
+        env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))))
+
+
 def models_dir() -> Path:
     return data_dir() / "models"
 

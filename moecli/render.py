@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.padding import Padding
 from rich.table import Table
@@ -19,10 +20,14 @@ from rich.text import Text
 
 from moecli.bench import BenchResult
 from moecli.facts import MachineFacts, ModelFacts
+from moecli.measurements import Measurement, Tuned
 from moecli.output import Output
 from moecli.params import EXPS_REGEX
-from moecli.planner import Finding, GaveUpKvQuant, Placement, Plan, RamWouldFit
+from moecli.planner import Finding, GaveUpKvQuant, Placement, Plan, RamWouldFit, SpeedFigure
 from moecli.units import fmt_bytes
+
+if TYPE_CHECKING:
+    from moecli.app.planning import TunedSkipped
 
 
 def machine_lines(machine: MachineFacts) -> list[str]:
@@ -30,7 +35,10 @@ def machine_lines(machine: MachineFacts) -> list[str]:
     for gpu in machine.gpus:
         bw = f", {gpu.bandwidth / 1e9:.0f} GB/s" if gpu.bandwidth else ""
         lines.append(f"GPU {gpu.index}: {gpu.name}, {fmt_bytes(gpu.total_bytes)} ({fmt_bytes(gpu.free_bytes)} free){bw}")
-    if not machine.gpus:
+    for d in machine.rpc:
+        how = "as the worker reports it" if d.reported else "--rpc-mem, the worker not asked"
+        lines.append(f"{d.name_llama}: RPC worker {d.endpoint}, {fmt_bytes(d.free_bytes)} free ({how})")
+    if not machine.gpus and not machine.rpc:
         lines.append("GPU: none (everything runs on the CPU)")
     bw = f", {machine.ram_bandwidth / 1e9:.0f} GB/s" if machine.ram_bandwidth else ""
     lines.append(f"RAM: {fmt_bytes(machine.ram_total)} ({fmt_bytes(machine.ram_available)} available){bw}; "
@@ -74,6 +82,10 @@ def _ram_would_fit(x: RamWouldFit) -> str:
     return "would fit RAM with " + (", ".join(ways[:-1]) + " or " if len(ways) > 1 else "") + ways[-1]
 
 
+def _ceil_gib(n: int) -> int:
+    return max(1, -(-n // 2**30))
+
+
 def _kv_quant(x: GaveUpKvQuant) -> str:
     if x.rescue:
         return f"KV cache precision: -> {x.after}"
@@ -91,6 +103,9 @@ _TEXT: dict[str, Callable] = {
                             f"about {fmt_bytes(x.budget)} is available: the OS will page weights from disk for every "
                             "token and speed will collapse"),
     "ram_would_fit": _ram_would_fit,
+    "rpc_would_fit": lambda x: (f"or RPC workers with {fmt_bytes(x.missing)} free beyond this plan's: start "
+                                "`moecli rpc-server` on other machines and plan with --rpc HOST:PORT "
+                                f"(--rpc-mem SIZE before they run), e.g. --rpc HOST:50052 --rpc-mem {_ceil_gib(x.missing)}GiB"),
     # the measured ~8 and ~55 GB/s: see moecli.planner.MmapExpertsSlowPrompt
     "mmap_experts_slow_prompt": lambda x: ("expert weights on the CPU with mmap: prompt processing is ~5x slower than with "
                                            "-lm none " + ("(pageable memory is copied to the GPU more slowly); more free "
@@ -98,6 +113,9 @@ _TEXT: dict[str, Callable] = {
                                                           "(pageable memory is copied to the GPU at ~8 instead of ~55 GB/s)")),
     "ubatch_below_offload": lambda x: (f"-ub {x.n_ubatch} is below {x.min_batch}: CPU-resident weights are not copied to "
                                        "the GPU for prompts, which then run on the CPU"),
+    "threads_over_cores": lambda x: (f"-t {x.threads} is more threads than the {x.logical_cores} this machine has: the "
+                                     "extra ones only wait for each other, and each token can take many times longer; "
+                                     f"use -t {x.logical_cores} or fewer (default: the physical cores)"),
     "non_experts_on_cpu": lambda x: ("some non-expert weights are on the CPU while experts are on the GPU: the GPU's memory "
                                      "does more for speed holding the non-expert weights, which every token reads"),
     "gave_up_kv_quant": _kv_quant,
@@ -148,6 +166,13 @@ def placement_lines(placement: Placement) -> list[str]:
     """The compact picture of a placement, a few lines for people."""
     p = placement
     out = ["input: token embedding on CPU (llama.cpp never offloads it)"]
+    if p.by_device:
+        for device, layers, expert_layers in p.by_device:
+            out.append(f"{device}: layers {_ranges(layers) or 'none'}; experts of layers {_ranges(expert_layers) or 'none'}")
+        last = next((d for d, layers, _ in p.by_device if p.n_layer - 1 in layers), "CPU")
+        out.append(f"output head on {last if p.output_on_gpu else 'CPU'}; "
+                   f"experts on CPU: layers {_ranges(p.expert_layers_cpu) or 'none'}")
+        return out
     out.append(f"layers on GPU: {_ranges(p.gpu_layers) or 'none'} of 0-{p.n_layer - 1}; "
                f"output head on {'GPU' if p.output_on_gpu else 'CPU'}")
     if p.expert_layers:
@@ -183,10 +208,73 @@ def _kind(name: str) -> str:
 
 
 def decode_line(plan: Plan) -> str:
+    if plan.speed is not None and plan.speed.decode.kind in ("measured", "calibrated"):
+        return speed_text(plan.speed.decode)
     d = plan.decode
     if d.bound is None:
         return d.basis
     return f"≈ {d.low:.0f}-{d.high:.0f} tok/s (estimate; bound {d.bound:.0f} tok/s)"
+
+
+def _tps(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _date(when: str | None) -> str:
+    return (when or "")[:10]
+
+
+def speed_text(x: SpeedFigure, *, this_machine: bool = True) -> str:
+    """One speed figure and its basis, for people (`this_machine`: False for a profile, which no
+    measurement here calibrates)."""
+    if x.kind == "measured":
+        runs = f", newest of {x.n_runs} runs" if x.n_runs > 1 else ""
+        return f"{_tps(x.tokens_per_s)} tok/s (measured on {_date(x.when)}: this configuration on this machine{runs})"
+    if x.kind == "calibrated":
+        configs = f" of {x.n_configs} configurations" if x.n_configs > 1 else ""
+        return (f"≈ {_tps(x.tokens_per_s)} tok/s (calibrated from {x.n_runs} run{'s' if x.n_runs != 1 else ''}"
+                f"{configs} on this machine)")
+    if x.kind == "estimate":
+        return f"≈ {x.low:.0f}-{x.high:.0f} tok/s (uncalibrated estimate; bound {x.bound:.0f} tok/s)"
+    if x.test == "pp" and not this_machine:
+        return "no estimate (only measurements calibrate it, and they are of this machine, not of a profile)"
+    if x.test == "pp":
+        return "no estimate before this machine has been measured (moecli bench MODEL calibrates it)"
+    return "no estimate"
+
+
+def speed_basis(x: SpeedFigure) -> str | None:
+    """The fitted terms of a calibrated figure, or why the runs here did not apply."""
+    if x.kind == "calibrated" and x.terms:
+        return "fitted: " + ", ".join(_term(name, c) for name, c in x.terms)
+    if x.kind in ("estimate", "none") and x.other_runs:
+        return (f"{x.other_runs} run{'s' if x.other_runs != 1 else ''} on this machine used another thread count "
+                "or device: they do not calibrate this configuration")
+    return None
+
+
+def _term(name: str, c: float) -> str:
+    if name.startswith(("bytes/bandwidth", "compute", "weights", "copies")):
+        return f"{name} x {c:.2f}"
+    if name == "per layer":
+        return f"{c * 1e6:.0f} µs per layer"
+    return f"{c * 1e3:.2f} ms per token"
+
+
+def tuned_line(tuned: Tuned) -> str:
+    """`run`/`plan` using a sweep's configuration."""
+    args = tuned.to_params().to_llama_args()
+    flags = " ".join(a for i, a in enumerate(args) if a != "--fit" and args[i - 1:i] != ["--fit"]
+                     and a != "-c" and args[i - 1:i] != ["-c"])
+    figures = [f"{tuned.decode_ts:.1f} tok/s decode" if tuned.decode_ts else None,
+               f"{tuned.prompt_ts:.0f} tok/s prompt" if tuned.prompt_ts else None]
+    return (f"tuned: {flags}, measured {', '.join(f for f in figures if f)} on {_date(tuned.when)} "
+            f"(bench --sweep; --no-tuned for moecli's plan)")
+
+
+def tuned_skipped_line(x: TunedSkipped) -> str:
+    return (f"not using the tuned configuration ({x.label}): at -c {x.n_ctx} it needs {fmt_bytes(x.needed)} on "
+            f"{x.device}, which has {fmt_bytes(x.budget)}; planned afresh")
 
 
 def llama_command(plan: Plan, model: str, tool: str = "llama-server", *, hf: bool = False) -> str:
@@ -257,8 +345,19 @@ def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFact
                f"load mode {p.load_mode}; -ub {p.n_ubatch}, -b {p.n_batch}; {p.n_threads or 'all physical'} threads")
     _heading(out, "Expected decode speed")
     _line(out, decode_line(plan))
-    if plan.decode.bound is not None:
+    speed = plan.speed
+    if speed is not None and speed.decode.kind in ("measured", "calibrated"):
+        basis = speed_basis(speed.decode)
+        if basis:
+            _line(out, basis, style="dim")
+    elif plan.decode.bound is not None:
         _line(out, plan.decode.basis, style="dim")
+    if speed is not None:
+        _heading(out, "Expected prompt speed (pp512)")
+        _line(out, speed_text(speed.prompt, this_machine=not machine.source.startswith("profile")))
+        basis = speed_basis(speed.prompt)
+        if basis:
+            _line(out, basis, style="dim")
 
     for title, items, style in (("Gave up", plan.gave_up, "yellow"), ("Warnings", plan.warnings, "yellow"),
                                 ("Notes", plan.notes, "dim")):
@@ -284,14 +383,22 @@ def plan_summary(plan: Plan) -> str:
     """One line for `run` and `bench`: what placement they use."""
     parts = []
     pl = plan.placement
-    if plan.gpu is not None:
+    if pl.by_device:  # several devices: each one's total, and how many layers' experts the devices hold
+        parts.append(", ".join(f"{fmt_bytes(d.total)} on {d.device}" for d in plan.devices if d.device != "CPU"))
+        if pl.expert_layers:
+            parts.append(f"experts of {len(pl.expert_layers_gpu)}/{len(pl.expert_layers)} layers off the CPU")
+    elif plan.gpu is not None:
         parts.append(f"{fmt_bytes(plan.gpu.total)} on {plan.gpu.device}")
         if pl.expert_layers:
             gpu_layers = len(pl.expert_layers_gpu) + (1 if pl.partial_layer is not None else 0)
             parts.append(f"experts of {gpu_layers}/{len(pl.expert_layers)} layers on GPU")
     else:
         parts.append("CPU only")
-    parts.append(f"ctx {plan.params.n_ctx}")
+    # the context llama.cpp makes: -c rounded up to whole KV cells (256), as the plan's report says
+    made = f"ctx {plan.n_ctx}"
+    if plan.params.n_ctx and plan.n_ctx != plan.params.n_ctx:
+        made += f" (-c {plan.params.n_ctx} rounded up by llama.cpp)"
+    parts.append(made)
     if plan.params.type_k != "f16" or plan.params.type_v != "f16":
         parts.append(f"KV {plan.params.type_k}/{plan.params.type_v}")
     return "plan: " + ", ".join(parts) + " · " + " ".join(plan.params.to_llama_args())
@@ -343,3 +450,43 @@ def store_list(out: Output, listed) -> None:
         _line(out, f"{'fits this machine' if fits else 'does not fit this machine'}: {why}",
               style="green" if fits else "yellow")
         _line(out, str(record.path), style="dim")
+
+
+# ---------------------------------------------------------------------------------------------
+# sweeps and history
+
+
+def sweep_chart(out: Output, results: Sequence[BenchResult], chosen: str | None, width: int = 28) -> None:
+    """Decode and prompt tok/s per configuration as bars of text, each test scaled to its fastest,
+    the chosen configuration marked: a trade-off reads faster from a picture than from a table."""
+    labels = list(dict.fromkeys(r.label for r in results))
+    by = {(r.label, "tg" if r.n_gen and not r.n_prompt else "pp"): r.avg_ts for r in results}
+    top = {t: max((v for (_, tt), v in by.items() if tt == t), default=0.0) for t in ("tg", "pp")}
+    _heading(out, "Sweep (bars scaled to the fastest of each test)")
+    name_width = min(34, max(len(label) for label in labels) + 2)
+    for i, label in enumerate(labels, 1):
+        mark = "▶" if label == chosen else " "
+        out.console.print(Text(f"{mark}{i:>2} {label[:name_width - 2]}", style="bold" if label == chosen else ""))
+        for test, word, style in (("tg", "decode", "green"), ("pp", "prompt", "cyan")):
+            value = by.get((label, test))
+            if value is None or not top[test]:
+                continue
+            n = max(1, round(width * value / top[test]))
+            out.console.print(Text.assemble(f"     {word:<7}", ("█" * n, style), " " * (width - n + 1),
+                                            f"{_tps(value)} tok/s"))
+    if chosen:
+        out.console.print(Text("▶ chosen: the fastest decode (and among equal ones, within 5 %, the fastest prompt)",
+                               style="dim"))
+
+
+def history_table(out: Output, rows: Sequence[Measurement], tuned: Tuned | None) -> None:
+    """`bench --history`: every measured row of a model on this machine, oldest first."""
+    table_rows = []
+    for m in rows:
+        flags = " ".join(a for i, a in enumerate(m.args) if a != "--fit" and m.args[i - 1:i] != ("--fit",))
+        table_rows.append([_date(m.when) + " " + m.when[11:16], m.label, m.test + str(m.n_prompt or m.n_gen),
+                           f"{m.avg_ts:.2f} ± {m.stddev_ts:.2f}", flags])
+    out.console.print(out.table(None, ["when", "configuration", "test", "t/s", "flags"], table_rows,
+                                justify={"t/s": "right"}))
+    if tuned is not None:
+        _line(out, tuned_line(tuned), indent=0)

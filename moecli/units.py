@@ -28,7 +28,7 @@ def parse_size(text: str, what: str = "size") -> int:
         raise BadInput(f"{what} {text!r} is not a size", "write it like 6GiB, 512MiB or 24GB")
     number, unit = match.groups()
     if not unit:
-        raise BadInput(f"{what} {text!r} has no unit", f"write it with one, e.g. {number}GiB")
+        raise BadInput(f"{what} {text!r} has no unit", f"write it with one, e.g. {number if float(number) > 0 else 6}GiB")
     factor = _UNITS.get(unit.lower())
     if factor is None:
         raise BadInput(f"{what} {text!r} has an unknown unit {unit!r}", "use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB")

@@ -62,11 +62,14 @@ def moecli(*args: str, timeout: float = 120, stdin=subprocess.DEVNULL, **extra_e
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
-def spawn(*args: str, rows: int = 40, cols: int = 80, timeout: float = 60, **extra_env: str):
-    """`moecli ARGS` in a pseudo-terminal of rows x cols."""
+def spawn(*args: str, rows: int = 40, cols: int = 80, timeout: float = 60, codec_errors: str = "strict",
+          **extra_env: str):
+    """`moecli ARGS` in a pseudo-terminal of rows x cols (`codec_errors="replace"` where the terminal
+    echoes bytes that are not UTF-8)."""
     pexpect = pytest.importorskip("pexpect")
     return pexpect.spawn(sys.executable, ["-m", "moecli", *args], dimensions=(rows, cols), encoding="utf-8",
-                         timeout=timeout, env=env(TERM="xterm", **extra_env), cwd=str(ROOT))
+                         codec_errors=codec_errors, timeout=timeout, env=env(TERM="xterm", **extra_env),
+                         cwd=str(ROOT))
 
 
 def plain(text: str) -> str:

@@ -13,8 +13,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "moecli"
 
 # What each layer may not import (each name covers a module or a package and all it holds).
-CORE = ("planner", "engine", "hub", "store", "gguf", "machine", "synth", "bench")
-FOUNDATIONS = ("facts", "params", "units", "errors", "paths", "ggml", "archs", "cpu")
+CORE = ("planner", "engine", "hub", "store", "gguf", "machine", "synth", "bench", "measurements")
+FOUNDATIONS = ("facts", "params", "units", "errors", "paths", "ggml", "archs", "cpu", "templates")
 EDGES = ("cli", "render", "output", "chat", "serve")
 FORBIDDEN = {
     **{core: ("app", *EDGES) for core in CORE},

@@ -89,7 +89,28 @@ def dense(tmp_path_factory):
 
 def test_sweep_refusals_are_one_line(dense):
     assert_one_error(invoke("bench", str(dense), "--sweep"), "is a dense model", "--sweep")
-    assert_one_error(invoke("bench", "demo", "--sweep"), "no GPU", "--sweep")
+
+
+def test_a_sweep_on_the_cpu_is_remembered_and_run_uses_it():
+    """Without a GPU the sweep varies threads, -ub and the load mode; it ends with a chart, records
+    the fastest as the tuned configuration, which `run` and `plan` then use and say so (unless
+    --no-tuned); `bench --history` lists what was measured."""
+    ran = invoke("bench", "demo", "--sweep", "-p", "16", "-n", "4", "-r", "1")
+    assert ran.code == 0, ran.output
+    assert "plan with -ub 256" in ran.stdout and "plan with -lm none" in ran.stdout
+    assert "Sweep (bars scaled" in ran.stdout and "▶" in ran.stdout and "█" in ran.stdout
+    assert "tuned: " in ran.stdout
+    answered = invoke("run", "demo", "-p", "Hi", "-n", "2", "--temp", "0")
+    assert answered.code == 0, answered.output
+    assert "tuned: " in answered.stderr and "measured" in answered.stderr
+    assert "tuned: " not in invoke("run", "demo", "-p", "Hi", "-n", "2", "--no-tuned").stderr
+    assert "tuned: " not in invoke("run", "demo", "-p", "Hi", "-n", "2", "-t", "1").stderr  # the user's own flags
+    planned = invoke("plan", "demo")
+    assert "tuned: " in planned.stderr and "measured on" in planned.stdout
+    history = invoke("bench", "--history", "demo")
+    assert history.code == 0 and history.stdout.count("pp16") >= 4 and "tuned: " in history.stdout
+    rows = json.loads(invoke("bench", "--history", "demo", "--json").stdout)["measurements"]
+    assert {r["test"] for r in rows} == {"pp", "tg"} and all(r["inputs"]["n_layer"] for r in rows)
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

@@ -199,6 +199,7 @@ def test_a_full_context_is_reported(demo_model_session):
     with Engine.load(demo_model_session, LlamaParams(n_ctx=256, n_threads=1)) as small:
         figures = ChatSession(small, Sampling(seed=1, ignore_eos=True), out).reply("word " * 200)
     assert figures.context_full and "/reset starts over" in figures.line()
+    assert "/reset" not in figures.line(chat=False)
     assert figures.prompt_n + figures.predicted_n >= 255
 
 
@@ -277,3 +278,62 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on():
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("io_encoding", [None, "utf-8:strict"])  # a C.UTF-8 locale escapes bad bytes; others refuse them
+def test_a_line_of_invalid_utf8_is_answered_and_the_chat_goes_on(io_encoding):
+    """Issue 11, defect 1: a line that is not UTF-8 (a Latin-1 terminal, pasted binary) used to end
+    the session with a traceback from the tokenizer."""
+    import os
+
+    pexpect = pytest.importorskip("pexpect")
+    extra = {"PYTHONIOENCODING": io_encoding} if io_encoding else {}
+    child = spawn("run", "demo", "-t", "1", "-n", "4", "--ignore-eos", rows=24, cols=200, codec_errors="replace",
+                  **extra)
+    child.expect_exact(">>> ")
+    os.write(child.child_fd, b"\xff\xfe hello\r")  # raw bytes, as such a terminal sends them
+    child.expect_exact("not valid UTF-8")
+    child.expect(r"generation 4 tok")  # answered, with U+FFFD for the bad bytes
+    child.expect_exact(">>> ")
+    child.sendline("And the next line?")
+    child.expect(r"generation 4 tok")
+    child.expect_exact(">>> ")
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "Traceback" not in plain(child.before or "")
+
+
+def test_the_repl_drops_a_line_a_strict_reader_could_not_decode(engine):
+    def reader(lines):
+        def read(prompt):
+            item = next(lines)
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        return read
+
+    out = pipe_output()
+    session = ChatSession(engine, Sampling(n_predict=2, seed=1), out)
+    bad = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    run_repl(session, reader(iter([bad, "Hi", EOFError()])), out)
+    assert "was not valid UTF-8 and was dropped" in out.stderr.getvalue()
+    assert len(session.history) == 1
+
+
+def test_sigterm_during_a_reply_leaves_the_cursor_visible():
+    """Issue 11, defect 9: SIGTERM while a reply streamed left the terminal's cursor hidden."""
+    import signal
+
+    pexpect = pytest.importorskip("pexpect")
+    child = spawn("run", "demo", "-t", "1", "--ignore-eos", "--seed", "5", rows=24, cols=80)
+    child.expect_exact(">>> ")
+    child.sendline("Tell me a long story.")
+    child.expect(r"\(live\)")  # streaming: the live area hid the cursor
+    child.kill(signal.SIGTERM)
+    child.expect(pexpect.EOF)
+    child.close()
+    seen = child.before or ""
+    assert seen.rfind("\x1b[?25h") > seen.rfind("\x1b[?25l"), repr(seen[-300:])
+    assert child.exitstatus == 143 and "Traceback" not in plain(seen)

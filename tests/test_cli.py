@@ -5,6 +5,7 @@ codes and no traceback as a shell sees them) and pseudo-terminals (80 columns, q
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -375,3 +376,143 @@ def test_rm_asks_on_a_terminal(hub):
 @pytest.mark.parametrize("name", [GATED_REPO, f"{GATED_REPO}:Q4_0"])
 def test_plan_of_a_gated_model_says_so(hub, name):
     assert_one_error(invoke("plan", name), f"{GATED_REPO} is gated")
+
+
+@pytest.mark.parametrize("flag", ["-p", "--system"])
+def test_prompt_and_system_prompt_of_invalid_utf8_are_answered(flag):
+    """Issue 11, defect 1: `-p` and `--system` that are not UTF-8 (sys.argv carries such bytes as
+    surrogates) crashed in the tokenizer after the model had loaded."""
+    bad = os.fsdecode(b"\xff\xfe caf\xe9")
+    args = ["-p", bad] if flag == "-p" else ["-p", "Hello", "--system", bad]
+    ran = moecli("run", "demo", "-t", "1", "-n", "4", "--ignore-eos", *args)
+    assert ran.code == 0, ran.output
+    assert "Traceback" not in ran.output
+    assert f"warning: {'--prompt' if flag == '-p' else '--system'} is not valid UTF-8" in ran.stderr
+    assert "generation 4 tok" in ran.stderr
+
+
+def test_the_tokenizer_takes_text_with_undecodable_bytes(demo_model_session):
+    from moecli.engine import Engine
+
+    with Engine(demo_model_session) as engine:
+        assert engine.tokenize(os.fsdecode(b"a\xffb")) == engine.tokenize("a\ufffdb")
+        assert engine.tokenize("x\ud800y") == engine.tokenize("x\ufffdy")  # any lone surrogate
+
+
+def test_run_reports_the_context_llama_cpp_made():
+    """Issue 11, defect 12: `run -c 1` said ctx 1; llama.cpp makes 256 (whole KV cells)."""
+    ran = invoke("run", "demo", "-t", "1", "-c", "1", "-p", "Hello", "-n", "2", "--ignore-eos")
+    assert ran.code == 0, ran.output
+    assert ran.stderr.startswith("plan: CPU only, ctx 256 (-c 1 rounded up by llama.cpp)"), ran.stderr
+    assert "llama.cpp made a context" not in ran.stderr  # the plan's figure is the one it made
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [("plan", "demo"), ("plan", "demo", "--json"), ("--version",), ("plan", "--help"),
+                                  ("run", "demo", "-t", "1", "-p", "Hi", "-n", "2")])
+def test_stdout_on_a_full_disk_is_one_line(args):
+    """Issue 11, defect 5: `moecli plan demo > /dev/full` ended in a traceback from inside rich."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "moecli", *args], stdin=subprocess.DEVNULL, stdout=full,
+                              stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        "error: cannot write to stdout: No space left on device"], done.stderr
+
+
+def test_a_reader_that_leaves_the_pipe_early_gets_no_traceback():
+    proc = subprocess.Popen([sys.executable, "-m", "moecli", "plan", "demo"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(), cwd=ROOT)
+    proc.stdout.close()  # `| head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+@pytest.mark.parametrize("entry", ["runpy", "script"])
+def test_ctrl_c_while_the_cli_is_still_importing_exits_130_quietly(entry):
+    """Issue 11, defect 11: Ctrl-C in the first ~0.3 s (typer and rich importing) printed a
+    KeyboardInterrupt traceback. The SIGINT is sent while `typer` is imported, as a user's would be."""
+    start = ("import runpy; runpy.run_module('moecli', run_name='__main__')" if entry == "runpy" else
+             "from moecli.__main__ import main; sys.exit(main())")  # what the installed `moecli` script does
+    code = ("import builtins, os, signal, sys\n"
+            "real = builtins.__import__\n"
+            "def hooked(name, *a, **k):\n"
+            "    if name == 'typer':\n"
+            "        builtins.__import__ = real\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = hooked\n"
+            "sys.argv = ['moecli', '--version']\n" + start + "\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+def test_a_full_context_with_p_gives_no_chat_commands():
+    """Issue 11, defect 15: `-p` printed the chat's "/reset starts over"."""
+    ran = invoke("run", "demo", "-t", "1", "-c", "256", "-p", "word " * 200, "--ignore-eos", "--seed", "1")
+    assert ran.code == 0, ran.output
+    assert "the context is full: a larger -c gives more room" in ran.stderr and "/reset" not in ran.stderr
+
+
+@pytest.mark.parametrize("command", ["plan", "run"])
+@pytest.mark.parametrize("vram", ["0", "0GiB", "0MiB"])
+def test_vram_zero_suggests_what_means_no_gpu(command, vram):
+    """Issue 11, defect 15: `--vram 0`'s hint suggested `0GiB`, which was then refused."""
+    ran = invoke(command, "demo", "--vram", vram, *(["-p", "hi"] if command == "run" else []))
+    assert_one_error(ran, f"--vram {vram}: a GPU with no memory is no GPU")
+    assert "--cpu-only" in ran.stderr and "0GiB" not in ran.stderr.replace(f"--vram {vram}", "")
+
+
+def test_plan_that_does_not_fit_ram_exits_1_and_says_what_would_fit():
+    """Issue 11, defect 3: `plan demo --ram 1MiB` said "Verdict: fits" and exited 0."""
+    ran = moecli("plan", "demo", "--ram", "1MiB")
+    assert ran.code == 1, ran.output
+    assert "Verdict: DOES NOT FIT" in ran.stdout and "would fit RAM with" in ran.stdout
+
+
+def test_the_qwen36_header_on_8_gib_of_ram_does_not_fit_and_says_what_would(tmp_path):
+    (path,) = build_recipe("qwen3.6-35b-a3b").write(tmp_path / "q36.gguf", fill="sparse")
+    ran = invoke("plan", str(path), "--ram", "8GiB", "--vram", "6GiB")
+    assert ran.code == 1, ran.output
+    assert "Verdict: DOES NOT FIT" in ran.stdout
+    assert re.search(r"would fit RAM with a quant at most \d+% the size of this one or [0-9.]+ GiB more free RAM",
+                     ran.stdout), ran.stdout
+    assert json.loads(invoke("plan", str(path), "--ram", "8GiB", "--vram", "6GiB", "--json").stdout)["plan"]["fits"] is False
+
+
+def test_ctrl_c_during_bench_prints_what_was_measured_marked_partial(monkeypatch):
+    """Issue 11, defect 10: Ctrl-C during `bench` printed nothing and dropped the finished
+    repetitions. The SIGINT comes after the third tg repetition, as a user's Ctrl-C would."""
+    from moecli.engine import Engine
+
+    real, calls = Engine.bench_gen, []
+
+    def bench_gen(self, *args, **kwargs):
+        seconds = real(self, *args, **kwargs)
+        calls.append(seconds)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return seconds
+
+    monkeypatch.setattr(Engine, "bench_gen", bench_gen)
+    ran = invoke("bench", "demo", "-t", "1", "-p", "16", "-n", "4", "-r", "10", "--json")
+    assert ran.code == 130, ran.output
+    assert "interrupted (Ctrl-C): partial results" in ran.stderr
+    data = json.loads(ran.stdout)
+    assert data["partial"] is True
+    assert [(r["test"], len(r["samples_ns"])) for r in data["results"]] == [("pp16", 10), ("tg4", 3)]
+
+
+def test_ctrl_c_during_pull_says_that_pulling_again_resumes(monkeypatch):
+    from moecli import app as usecases
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(usecases, "pull", interrupted)
+    ran = invoke("pull", f"{TINY_REPO}:Q4_K_M", "--yes")
+    assert ran.code == 130
+    assert f"`moecli pull {TINY_REPO}:Q4_K_M` again resumes it" in ran.stderr

@@ -7,7 +7,7 @@ import os
 import re
 import struct
 import threading
-import time
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -134,14 +134,10 @@ def test_name_falls_back_to_the_file_name(tmp_path):
     assert read_model(path).name == "My-Model-Q4_K_M"
 
 
-def test_reading_a_qwen36_header_is_fast(qwen36):
-    """~730 tensors and a 248K-token tokenizer (10 MB of header): well under a second."""
-    read_model(qwen36)  # warm the page cache
-    start = time.perf_counter()
+def test_reading_a_qwen36_header(qwen36):
+    """~730 tensors and a 248K-token tokenizer (10 MB of header). How fast: scripts/bench_plan.py."""
     facts = read_model(qwen36)
-    elapsed = time.perf_counter() - start
     assert facts.n_vocab == 248320 and len(facts.tensors) == 733
-    assert elapsed < 1.0, f"reading the header took {elapsed:.2f} s"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,10 +554,11 @@ def test_missing_required_key(tmp_path):
         read_model(path)
 
 
-@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_headers_fail_cleanly(tiny, tmp_path, data):
-    """Random byte flips and cuts in the header: a ModelFileError or a valid read, quickly."""
+    """Random byte flips and cuts in the header: a ModelFileError or a valid read, without
+    allocating for absurd counts or lengths (bounded memory, not a wall-clock time)."""
     header = bytearray(_header_bytes(tiny))
     for _ in range(data.draw(st.integers(1, 8))):
         i = data.draw(st.integers(0, len(header) - 1))
@@ -569,12 +566,15 @@ def test_fuzzed_headers_fail_cleanly(tiny, tmp_path, data):
     cut = data.draw(st.integers(0, len(header)))
     path = tmp_path / "fuzz.gguf"
     path.write_bytes(bytes(header[:cut]) + bytes(data.draw(st.integers(0, 4096))))
-    start = time.perf_counter()
+    tracemalloc.start()
     try:
         read_model(path)
     except ModelFileError:
         pass
-    assert time.perf_counter() - start < 1.0
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, f"reading a {path.stat().st_size}-byte file took {peak} bytes"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,3 +624,37 @@ def test_every_language_model_tensor_name_has_a_role():
                 unclassified.add(name)
     assert unclassified <= {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight",
                             "blk.0.nextn.eh_proj.weight"}
+
+
+def test_a_whole_model_named_like_a_shard_is_called_what_it_is(split_model, tmp_path):
+    """Issue 11, defect 15: an unsplit file posing as shard 3 "says it is shard 3 of 1"."""
+    import shutil
+
+    paths, single = split_model
+    for p in paths:
+        shutil.copy(p, tmp_path / p.name)
+    shutil.copy(single, tmp_path / paths[2].name)
+    with pytest.raises(ModelFileError) as caught:
+        read_model(tmp_path / paths[0].name)
+    assert caught.value.message == (f"{paths[2].name} is not a shard of a split model (it has no split.count), "
+                                    "but its name says shard 3 of 3")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "/dev/null"])
+def test_what_exists_but_is_not_a_file_is_not_called_missing(tmp_path, kind):
+    """Issue 11, defect 15: a FIFO, a link to /dev/zero and /dev/null were "does not exist"."""
+    from cliutil import assert_one_error, invoke
+
+    path = tmp_path / "m.gguf"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "/dev/null":
+        path = Path("/dev/null")
+    else:
+        path.symlink_to("/dev/zero")
+    expected = {"fifo": "is a named pipe (FIFO), not a regular file",
+                "link to /dev/zero": "is a link to /dev/zero, a character device, not a regular file",
+                "/dev/null": "is a character device, not a regular file"}[kind]
+    assert_one_error(invoke("plan", str(path)), f"{path} {expected}")
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        read_model(path)

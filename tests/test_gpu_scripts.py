@@ -29,7 +29,7 @@ def _load(name: str):
 compare = _load("compare")
 report = _load("report")
 
-# What llama-fit-params printed on the team's H100 for a 6 GiB card (facts/gpu-build.md's fitter row,
+# What llama-fit-params printed on the team's H100 for a 6 GiB card (the fitter row of the H100 runs,
 # in tools/fit-params/fit-params.cpp's format: stdout holds only this line, the log goes to stderr).
 FITTER_LINE = ('-c 4096 -ngl 41 -ot "blk\\.5\\.ffn_(gate|up|gate_up|down).*=CPU,'
                'blk\\.6\\.ffn_(up|down|gate_up|gate)_(ch|)exps=CPU,blk\\.7\\.ffn_(up|down|gate_up|gate)_(ch|)exps=CPU"\n')

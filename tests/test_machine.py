@@ -124,7 +124,7 @@ def test_ram_and_cpu_only_overrides():
 @pytest.mark.parametrize("kwargs, words", [
     ({"vram": "6XB"}, "unknown unit"),
     ({"vram": "6"}, "no unit"),
-    ({"vram": "0GiB"}, "more than zero"),
+    ({"vram": "0GiB"}, "a GPU with no memory is no GPU"),
     ({"ram": "lots"}, "not a size"),
     ({"vram": "6GiB", "cpu_only": True}, "contradict"),
 ])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from moecli import gguf, machine, planner
+from moecli import gguf, machine, measurements, planner
 from moecli.errors import BadInput, DoesNotFit, EngineError, MoecliError, NotMoE
 from moecli.facts import MachineFacts, ModelFacts
 from moecli.params import LlamaParams, PlacementFlags
@@ -25,6 +25,8 @@ class MachineOptions:
     vram: str | None = None
     ram: str | None = None
     cpu_only: bool = False
+    rpc: str | None = None  # --rpc HOST:PORT[,...]: llama.cpp RPC workers
+    rpc_mem: str | None = None  # --rpc-mem SIZE[,...]: their memory, for workers not started yet
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Request:
     @classmethod
     def from_options(cls, *, profile=None, vram=None, ram=None, cpu_only=False, margin=None, ctx=None, ctk=None,
                      ctv=None, no_kv_quant=False, ub=None, b=None, threads=None, load_mode=None, no_mmap=False,
-                     mlock=False, fa=None, ngl=None, ncmoe=None, cmoe=False, ot=None) -> Request:
+                     mlock=False, fa=None, ngl=None, ncmoe=None, cmoe=False, ot=None, rpc=None, rpc_mem=None) -> Request:
         """The options with llama.cpp's flag names (`-c`, `-ctk`, `-ngl`, `--n-cpu-moe`, `-ot`, ...),
         as the CLI and the Python API take them."""
         if sum(bool(x) for x in (load_mode, no_mmap, mlock)) > 1:
@@ -52,19 +54,43 @@ class Request:
             load_mode=mode, flash_attn=fa)
         flags = PlacementFlags.parse(None if ngl is None else str(ngl), ncmoe, cmoe,
                                      [ot] if isinstance(ot, str) else ot)
-        return cls(MachineOptions(profile, vram, ram, cpu_only), wishes, flags)
+        if rpc_mem and not rpc:
+            raise BadInput("--rpc-mem without --rpc: whose memory is it?", "give the workers: --rpc HOST:PORT --rpc-mem 32GiB")
+        machine.parse_endpoints(rpc)  # refused here, before anything is read
+        return cls(MachineOptions(profile, vram, ram, cpu_only, rpc, rpc_mem), wishes, flags)
+
+
+def rpc_for(options: MachineOptions) -> tuple:
+    """The RPC workers' devices: sized by --rpc-mem, or asked (a running worker reports its memory)."""
+    endpoints = machine.parse_endpoints(options.rpc)
+    if not endpoints:
+        return ()
+    if options.rpc_mem:
+        return machine.rpc_devices(endpoints, options.rpc_mem)
+    from moecli.engine import rpc  # loads libllama: only when a worker must be asked
+
+    return machine.rpc_devices(endpoints, reported={e: rpc.device_memory(e) for e in endpoints})
 
 
 def machine_for(options: MachineOptions) -> MachineFacts:
-    """The machine to plan for (this one, a profile, overrides)."""
-    return machine.resolve(profile=options.profile, vram=options.vram, ram=options.ram, cpu_only=options.cpu_only)
+    """The machine to plan for (this one, a profile, overrides, RPC workers)."""
+    return machine.resolve(profile=options.profile, vram=options.vram, ram=options.ram, cpu_only=options.cpu_only,
+                           rpc=rpc_for(options))
 
 
 def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | None]:
     """The machine as this llama.cpp build can use it, and a note when that differs from the
     machine: `run` and `bench` load on this machine, so `--vram` without a GPU cannot mean
     anything there."""
+    if options.vram is not None:
+        machine.vram_bytes(options.vram)  # a bad or zero --vram is refused as `plan` refuses it
     facts = machine.resolve(profile=options.profile, ram=options.ram, cpu_only=options.cpu_only)
+    if options.rpc:  # running: the workers must be there, and report their own memory
+        from moecli.engine import rpc
+
+        facts = machine.with_rpc(facts, machine.rpc_devices(machine.parse_endpoints(options.rpc), options.rpc_mem,
+                                                            {e: rpc.device_memory(e) for e in
+                                                             machine.parse_endpoints(options.rpc)}))
     if facts.gpus:
         from moecli import engine  # loads libllama: only when a model will be loaded
 
@@ -80,11 +106,11 @@ def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | No
         raise EngineError(f"--vram {options.vram}: there is no GPU here to run on",
                           f"drop --vram to run on the CPU; to see the plan for a {options.vram} GPU: "
                           f"moecli plan MODEL --vram {options.vram}")
-    if options.vram is not None:  # on a real card: at most that much of what is free
-        size = parse_size(options.vram, "--vram")
-        first = facts.gpus[0]
-        facts = replace(facts, gpus=(replace(first, free_bytes=min(first.free_bytes, size)), *facts.gpus[1:]),
-                        source=f"{facts.source} + --vram {options.vram}")
+    if options.vram is not None:  # on real cards: at most that much of what is free (one size per GPU)
+        sizes = [parse_size(v.strip(), "--vram") for v in options.vram.split(",")]
+        gpus = tuple(replace(g, free_bytes=min(g.free_bytes, sizes[i])) if i < len(sizes) else g
+                     for i, g in enumerate(facts.gpus))
+        facts = replace(facts, gpus=gpus, source=f"{facts.source} + --vram {options.vram}")
     return facts, None
 
 
@@ -176,3 +202,79 @@ class HubFits:
         except MoecliError as exc:
             return False, f"cannot plan it: {exc.message}"
         return v.fits, v.why
+
+
+# --- what this machine measured: calibration and tuned configurations ---------------------------
+def this_machine(machine_facts: MachineFacts) -> bool:
+    """Whether the machine planned for is this one (a profile is another machine: this one's
+    measurements say nothing about it)."""
+    return not machine_facts.source.startswith("profile")
+
+
+def calibration_from(store: measurements.Store, machine_facts: MachineFacts) -> planner.Calibration | None:
+    """This machine's measurements as the planner's facts (rows of another shape are skipped)."""
+    if not this_machine(machine_facts):
+        return None
+    fp = measurements.fingerprint(machine_facts)
+    samples = []
+    for m in store.of(fp.id):
+        try:
+            inputs = planner.SpeedInputs.from_dict(m.inputs)
+        except (TypeError, KeyError, ValueError):
+            continue
+        if m.n_depth == 0 and m.avg_ts > 0:
+            samples.append(planner.SpeedSample(inputs, m.test, m.avg_ts, m.when, m.n_prompt or m.n_gen,
+                                                   m.stddev_ts / m.avg_ts))
+    return planner.Calibration(tuple(samples))
+
+
+# Wishes that are part of a tuned configuration: given by the user, theirs win and the tuned one is not used
+_TUNED_WISHES = ("n_ubatch", "n_batch", "threads", "load_mode", "type_k", "type_v", "flash_attn")
+
+
+@dataclass(frozen=True)
+class TunedSkipped:
+    """A tuned configuration that was not used because it does not fit now (as data; render words it)."""
+
+    label: str
+    args: tuple[str, ...]  # its flags
+    n_ctx: int  # the context asked for now
+    device: str  # the device it does not fit
+    needed: int
+    budget: int
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The plan a command uses, with its speed from this machine's measurements, and where a
+    tuned configuration came in: `tuned` (used), `skipped` (not used, and why)."""
+
+    plan: planner.Plan
+    tuned: measurements.Tuned | None = None
+    skipped: TunedSkipped | None = None
+    note: str | None = None  # the measurements file was set aside (one line)
+
+
+def planned(facts: ModelFacts, machine_facts: MachineFacts, request: Request, *, use_tuned: bool = True,
+            planning: bool = True) -> Planned:
+    """What `plan`, `run` and `serve` use: moecli's plan (or the user's flags, as `plan_for`), or,
+    where a `bench --sweep` on this machine found a faster configuration for this model and the
+    user gave no flags of their own, that configuration, if it fits at the context asked for now;
+    its speed predicted from this machine's measurements."""
+    store = measurements.read()
+    fresh = plan_for(facts, machine_facts, request, planning=planning)
+    calibration = calibration_from(store, machine_facts)
+    tuned = skipped = None
+    own = request.flags is not None or any(getattr(request.wishes, w) is not None for w in _TUNED_WISHES)
+    if use_tuned and not own and this_machine(machine_facts):
+        record = store.tuned_for(measurements.fingerprint(machine_facts).id, planner.model_key(facts))
+        if record is not None:
+            params = record.to_params(fresh.params.n_ctx)
+            candidate = planner.evaluate(facts, machine_facts, params, request.wishes)
+            if candidate.fits:
+                fresh, tuned = candidate, record
+            else:
+                short = next(d for d in candidate.devices if not d.fits)
+                skipped = TunedSkipped(record.label, tuple(params.to_llama_args()), params.n_ctx, short.device,
+                                       short.total, short.budget or 0)
+    return Planned(planner.calibrated(fresh, calibration), tuned, skipped, store.note)

@@ -40,6 +40,8 @@ def local_shards(path: Path) -> tuple[Path, ...]:
     path = path.expanduser()
     if path.is_dir():
         raise BadInput(f"{path} is a folder", "name the .gguf file (the first shard of a split model)")
+    if path.exists() and not path.is_file():
+        raise ModelFileError(f"{path} is {gguf.not_regular(path)}, not a regular file", "name a .gguf file")
     if not path.is_file():
         raise ModelFileError(f"{path} does not exist", "check the path, or pull the model: moecli pull org/repo:QUANT")
     prefix, _, count = gguf.split_info(str(path))

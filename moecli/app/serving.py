@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from moecli.errors import BadInput
 from moecli.facts import MachineFacts, ModelFacts
 
-from .planning import Request, plan_for
+from .planning import Request, planned
 from .running import load_engine
 
 if TYPE_CHECKING:
@@ -59,12 +59,16 @@ def _with_slots(request: Request, slots: Slots) -> Request:
 
 
 def serve_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, n_parallel: int = -1,
-              kv_unified: bool | None = None) -> ServeJob:
+              kv_unified: bool | None = None, *, use_tuned: bool = True) -> ServeJob:
     """The plan the server loads (the same as `run`'s, with a recurrent state per slot for hybrid
     models, and -c shared or divided as llama-server does), and its slots. With -np auto: up to
     llama-server's 4 slots, as many as cost no expert layer on the GPU (on a GPU a hybrid model's
     slot costs a recurrent state there; a unified KV cache costs nothing per slot)."""
     wanted = Slots.resolve(n_parallel, kv_unified)
+
+    def plan_for(facts, machine_facts, request, planning):  # what `run` uses: app.planned
+        return planned(facts, machine_facts, request, use_tuned=use_tuned, planning=planning).plan
+
     if n_parallel != -1:
         the_plan = plan_for(facts, machine_facts, _with_slots(request, wanted), planning=False)
         job = ServeJob(the_plan, wanted, _cost_note(facts, wanted.n))

@@ -21,9 +21,9 @@ could only be injected by patching `llama_model_load_from_file` for the duration
 loads, a numpy copy of the logits for every token, and no CPU threadpool (llama-bench attaches
 one; without it ggml builds and frees a threadpool for every graph). The C API, reached through
 llama-cpp-python's ctypes binding, is small enough to use directly: one load path serves loading,
-dry runs and benchmarks, and every llama.cpp call is visible here. Only the chat template
-rendering is borrowed from llama-cpp-python (`Jinja2ChatFormatter`), so prompts are the ones its
-users get.
+dry runs and benchmarks, and every llama.cpp call is visible here. Chat templates are rendered by
+moecli.templates (jinja2's sandbox as transformers and llama-cpp-python run it, or llama.cpp's
+built-in templates through llama_chat_apply_template).
 """
 
 from moecli.engine.capi import available_buffer_types, gpu_offload_supported

@@ -98,7 +98,7 @@ class Sampler:
     def __init__(self, engine: Engine, sampling: Sampling, prompt: Sequence[int]) -> None:
         self.engine = engine
         self.chain = _sampler_chain(sampling, prompt, n_vocab=engine.n_vocab, n_ctx=engine.n_ctx,
-                                    eog_tokens=lambda: engine.eog_tokens)
+                                    eog_tokens=lambda: engine.eog_tokens, vocab=engine._vocab)
         self.text = Utf8Stream()
 
     def sample(self, ctx: int, index: int) -> int:

@@ -30,17 +30,12 @@ from moecli.engine.capi import (
 from moecli.engine.loading import _load_model, _ModelParams, _new_context
 from moecli.engine.logs import _KV_TYPES_LINE, _LOAD_MODE_LINE, _LOG, _LOG_WARN, _OVERRIDE_LINE, _error_detail
 from moecli.engine.memory import BufferSizes, _buffer_sizes
+from moecli.engine.rpc import watch as _rpc_watch
 from moecli.engine.sampling import Sampling, _sampler_chain
 from moecli.engine.threads import _resolve_threads
 from moecli.errors import BadInput, EngineError
 from moecli.params import LlamaParams
-
-# What llama.cpp falls back to when a GGUF has no tokenizer.chat_template (llama-chat.cpp: chatml).
-_CHATML = (
-    r"{% for message in messages %}"
-    r"{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    r"{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+from moecli.templates import ChatTemplate, OutputFormat, choose_template, detect_format
 
 
 def _meta_str(fn, *args) -> str | None:
@@ -146,6 +141,21 @@ class Utf8Stream:
         return self._decoder.decode(b"", final=True)
 
 
+def valid_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD. A str from the command line or a terminal
+    that was not valid UTF-8 carries each bad byte as one (Python's surrogateescape); llama.cpp
+    needs valid UTF-8, so those bytes become what a UTF-8 decoder with replacement shows."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        escaped = text.encode("utf-8", "surrogateescape") if all(
+            "\udc80" <= c <= "\udcff" for c in text if "\ud800" <= c <= "\udfff") else None
+        if escaped is not None:
+            return escaped.decode("utf-8", "replace")
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
 class Engine:
     """A loaded model with one context (one sequence): chat, complete, bench. Not thread-safe.
     Use as a context manager or call close(); llama.cpp's log stays captured while it is open."""
@@ -213,7 +223,7 @@ class Engine:
         self.last_stop_reason: str | None = None  # "eog", "n_predict", "should_stop", "context_full"
         self._cached: list[int] = []  # the tokens in the KV cache, positions 0..n-1
         self._checkpoints: list = []  # engine.state.Checkpoint of sequence 0 (recurrent models), ascending
-        self._formatter = None
+        self._template: ChatTemplate | None = None
         self._eog: tuple[int, ...] | None = None
         self._one = (_llama.llama_token * 1)()  # reused by every single-token decode
         self._one_batch = _llama.llama_batch_get_one(self._one, 1)
@@ -285,7 +295,7 @@ class Engine:
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True) -> list[int]:
         self._require_open()
-        data = text.encode("utf-8")
+        data = valid_text(text).encode("utf-8")
         size = len(data) + 8
         while True:
             out = (_llama.llama_token * size)()
@@ -311,24 +321,34 @@ class Engine:
             self._eog = tuple(t for t in range(self.n_vocab) if is_eog(vocab, t))
         return self._eog
 
-    def render_chat(self, messages: Sequence[Mapping[str, object]], **template_kwargs) -> str:
-        """The prompt the GGUF's chat template makes of these messages (with the assistant's turn
-        opened), rendered like llama-cpp-python's Jinja2ChatFormatter (ChatML if it has none)."""
-        if self._formatter is None:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    @property
+    def template(self) -> ChatTemplate:
+        """The chat template: the GGUF's, else llama.cpp's built-in for its architecture (its
+        `notice` says so), unless use_chat_template() chose another. A TemplateError when none fits."""
+        if self._template is None:
+            self.use_chat_template()
+        return self._template
 
-            bos, eos = _llama.llama_vocab_bos(self._vocab), _llama.llama_vocab_eos(self._vocab)
-            self._formatter = Jinja2ChatFormatter(
-                template=self.chat_template or _CHATML,
-                eos_token=self.token_piece(eos, special=True).decode("utf-8", "replace") if eos >= 0 else "",
-                bos_token=self.token_piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else "",
-                add_generation_prompt=True,
-            )
-        try:
-            return self._formatter(messages=list(messages), **template_kwargs).prompt
-        except Exception as exc:  # noqa: BLE001 - jinja errors and the template's raise_exception
-            raise EngineError(f"the model's chat template failed: {exc}",
-                              "check the roles and order of the messages") from None
+    def use_chat_template(self, name: str | None = None, path: str | os.PathLike[str] | None = None) -> ChatTemplate:
+        """Chat with llama.cpp's built-in template `name` (--chat-template) or the Jinja file at
+        `path` (--chat-template-file) instead of the GGUF's; neither: the GGUF's own."""
+        self._require_open()
+        bos, eos = _llama.llama_vocab_bos(self._vocab), _llama.llama_vocab_eos(self._vocab)
+        piece = lambda t: self.token_piece(t, special=True).decode("utf-8", "replace") if t >= 0 else ""  # noqa: E731
+        self._template = choose_template(self.chat_template, self.metadata, bos_token=piece(bos), eos_token=piece(eos),
+                                         name=name, path=path, knows_token=lambda text: len(self.tokenize(text)) == 1)
+        return self._template
+
+    @property
+    def output_format(self) -> OutputFormat:
+        """How this template's model writes tool calls and reasoning (moecli.templates.toolcalls)."""
+        return detect_format(self.template.text)
+
+    def render_chat(self, messages: Sequence[Mapping[str, object]], *, tools: Sequence[Mapping[str, object]] | None = None,
+                    **template_kwargs) -> str:
+        """The prompt the chat template makes of these messages and tools (OpenAI's shapes), with
+        the assistant's turn opened (moecli.templates: jinja2's sandbox, or llama.cpp's built-in)."""
+        return self.template.render(messages, tools=tools, **template_kwargs)
 
     def _prompt_tokens(self, text: str, parse_special: bool = True) -> list[int]:
         tokens = self.tokenize(text, add_special=True, parse_special=parse_special)
@@ -341,21 +361,27 @@ class Engine:
 
     def chat(self, messages: Sequence[Mapping[str, object]], sampling: Sampling | None = None, *,
              should_stop: Callable[[], bool] | None = None,
-             template_kwargs: Mapping[str, object] | None = None) -> Iterator[str]:
+             template_kwargs: Mapping[str, object] | None = None, tools: Sequence[Mapping[str, object]] | None = None,
+             special: bool = False) -> Iterator[str]:
         """Stream the assistant's reply to a conversation, as text pieces that are always whole
         UTF-8 characters. The KV cache keeps what the previous call left; only the part of the new
         prompt after the common prefix is evaluated. Stops at an end-of-generation token, after
         sampling.n_predict tokens, at a full context, or when should_stop() turns true (checked
-        before each token). Afterwards last_timings and last_stop_reason describe the reply."""
+        before each token). Afterwards last_timings and last_stop_reason describe the reply. `special`:
+        control tokens are written out (the markers of harmony, Mistral, DeepSeek tool calls:
+        output_format.needs_special_tokens)."""
         t_start = time.perf_counter()
-        prompt = self.render_chat(messages, **(template_kwargs or {}))
-        return self._generate(self._prompt_tokens(prompt), sampling or Sampling(), should_stop, t_start)
+        prompt = self.render_chat(messages, tools=tools, **(template_kwargs or {}))
+        return self._generate(self._prompt_tokens(prompt), sampling or Sampling(), should_stop, t_start, special)
 
     def complete(self, prompt: str, sampling: Sampling | None = None, *,
-                 should_stop: Callable[[], bool] | None = None, parse_special: bool = True) -> Iterator[str]:
-        """Stream a raw continuation of `prompt` (no chat template); otherwise like chat()."""
+                 should_stop: Callable[[], bool] | None = None, parse_special: bool = True,
+                 special: bool = False) -> Iterator[str]:
+        """Stream a raw continuation of `prompt` (no chat template, or one rendered by the caller
+        with render_chat); otherwise like chat()."""
         t_start = time.perf_counter()
-        return self._generate(self._prompt_tokens(prompt, parse_special), sampling or Sampling(), should_stop, t_start)
+        return self._generate(self._prompt_tokens(prompt, parse_special), sampling or Sampling(), should_stop, t_start,
+                              special)
 
     def reset(self) -> None:
         """Forget the conversation held in the KV cache."""
@@ -372,7 +398,9 @@ class Engine:
                 return False
             chunk = tokens[start:start + self.n_batch]
             array = (_llama.llama_token * len(chunk))(*chunk)
-            self._check_decode(_llama.llama_decode(self._ctx, _llama.llama_batch_get_one(array, len(chunk))))
+            with _rpc_watch():
+                rc = _llama.llama_decode(self._ctx, _llama.llama_batch_get_one(array, len(chunk)))
+            self._check_decode(rc)
             self._cached.extend(chunk)
         return True
 
@@ -422,17 +450,17 @@ class Engine:
             self._checkpoints.append(state.save(self._ctx, 0, len(self._cached)))
 
     def _generate(self, tokens: list[int], sampling: Sampling, should_stop: Callable[[], bool] | None,
-                  t_start: float) -> Iterator[str]:
+                  t_start: float, special: bool = False) -> Iterator[str]:
         self._require_open()
         if not tokens:
             raise BadInput("the prompt is empty", "give some text")
         if len(tokens) >= self.n_ctx:
             raise EngineError(f"the prompt ({len(tokens)} tokens) does not fit the context ({self.n_ctx})",
                               "start a new chat, or load with a larger -c")
-        return self._stream(tokens, sampling, should_stop or (lambda: False), t_start)
+        return self._stream(tokens, sampling, should_stop or (lambda: False), t_start, special)
 
     def _stream(self, tokens: list[int], sampling: Sampling, should_stop: Callable[[], bool],
-                t_start: float) -> Iterator[str]:
+                t_start: float, special: bool = False) -> Iterator[str]:
         ctx, vocab = self._ctx, self._vocab
         self.last_timings = self.last_stop_reason = None
         # llama.cpp adds a decode to its counters at the next synchronize (llama_context::synchronize)
@@ -456,7 +484,7 @@ class Engine:
                 self.last_stop_reason = "should_stop"
                 return
             chain = _sampler_chain(sampling, tokens, n_vocab=self.n_vocab, n_ctx=self.n_ctx,
-                                   eog_tokens=lambda: self.eog_tokens)
+                                   eog_tokens=lambda: self.eog_tokens, vocab=vocab)
             text_stream = Utf8Stream()
             one, one_batch = self._one, self._one_batch
             n_sampled = 0
@@ -474,12 +502,14 @@ class Engine:
                 if len(self._cached) >= self.n_ctx:
                     self.last_stop_reason = "context_full"
                     break
-                text = text_stream.push(self.token_piece(token))
+                text = text_stream.push(self.token_piece(token, special=special))
                 if text:
                     yield text
                 # every token shown is evaluated, so the cache holds the whole reply for the next turn
                 one[0] = token
-                self._check_decode(_llama.llama_decode(ctx, one_batch))
+                with _rpc_watch():
+                    rc = _llama.llama_decode(ctx, one_batch)
+                self._check_decode(rc)
                 self._cached.append(token)
                 n_decoded += 1
             else:

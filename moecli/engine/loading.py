@@ -30,6 +30,13 @@ class _ModelParams:
         mp.load_mode = _LOAD_MODES["none" if no_alloc else params.load_mode]
         mp.no_alloc = no_alloc
         self.progress_error: BaseException | None = None
+        self._devices = self._device_array(params)  # RPC workers are connected first: their devices get names
+        if self._devices is not None:
+            mp.devices = ctypes.cast(self._devices, _vp)
+        self._split = None
+        if params.tensor_split:
+            self._split = (ctypes.c_float * max(_llama.llama_max_devices(), len(params.tensor_split)))(*params.tensor_split)
+            mp.tensor_split = self._split
         self._overrides = self._override_array(params)
         if self._overrides is not None:
             mp.tensor_buft_overrides = ctypes.cast(self._overrides, _vp)
@@ -46,6 +53,24 @@ class _ModelParams:
             self._progress = _llama.llama_progress_callback(progress)
             mp.progress_callback = self._progress
         self.struct = mp
+
+    @staticmethod
+    def _device_array(params: LlamaParams):
+        """-dev: a NULL-terminated array of ggml_backend_dev_t, in the order given (--rpc first)."""
+        if params.rpc_servers:
+            from moecli.engine import rpc
+
+            rpc.connect(params.rpc_servers)
+        if not params.devices:
+            return None
+        from moecli.engine.rpc import _dev_by_name, local_devices
+
+        found = [_dev_by_name(name.encode()) for name in params.devices]
+        missing = [n for n, d in zip(params.devices, found) if not d]
+        if missing:
+            raise EngineError(f"no device {', '.join(missing)} here (-dev)",
+                              "devices here: " + ", ".join(local_devices()) + "; RPC devices need --rpc HOST:PORT")
+        return (_vp * (len(found) + 1))(*found)
 
     @staticmethod
     def _override_array(params: LlamaParams):

@@ -42,6 +42,7 @@ class Sampling:
     n_predict: int = -1  # -1: until an end-of-generation token or a full context
     logit_bias: tuple[tuple[int, float], ...] = ()  # --logit-bias TOKEN_ID(+/-)BIAS; -inf bans a token
     ignore_eos: bool = False  # --ignore-eos: ban every end-of-generation token
+    grammar: str | None = None  # a GBNF grammar (root rule `root`) the output must match (--grammar, json_schema)
 
     def __post_init__(self) -> None:
         if self.n_predict < -1:
@@ -72,11 +73,19 @@ class Sampling:
 
 
 def _sampler_chain(s: Sampling, prompt: Sequence[int], *, n_vocab: int, n_ctx: int,
-                   eog_tokens: Callable[[], Sequence[int]]) -> int:
+                   eog_tokens: Callable[[], Sequence[int]], vocab=None) -> int:
     """A new llama_sampler chain for `s` (the caller frees it with llama_sampler_free), with the
-    prompt accepted where penalties look back. eog_tokens() is called only for ignore_eos."""
+    prompt accepted where penalties look back. eog_tokens() is called only for ignore_eos. A
+    grammar (which needs the vocabulary) comes first: the other samplers see only the tokens it
+    allows, and it sees only the tokens drawn (never the prompt)."""
     chain = _llama.llama_sampler_chain_init(_llama.llama_sampler_chain_default_params())
     add = lambda smpl: _llama.llama_sampler_chain_add(chain, smpl)  # noqa: E731
+    if s.grammar is not None:
+        grammar = _llama.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            _llama.llama_sampler_free(chain)
+            raise BadInput("llama.cpp could not parse the grammar", "check it with llama.cpp's gbnf-validator")
+        add(grammar)
     bias = list(s.logit_bias)
     if s.ignore_eos:  # as common/common.cpp does for --ignore-eos
         bias += [(token, float("-inf")) for token in eog_tokens()]
@@ -86,8 +95,12 @@ def _sampler_chain(s: Sampling, prompt: Sequence[int], *, n_vocab: int, n_ctx: i
     last_n = n_ctx if s.repeat_last_n == -1 else s.repeat_last_n
     penalties = last_n > 0 and (s.repeat_penalty != 1.0 or s.presence_penalty != 0.0 or s.frequency_penalty != 0.0)
     if penalties:
-        add(_llama.llama_sampler_init_penalties(n_vocab, last_n, s.repeat_penalty,
-                                                s.frequency_penalty, s.presence_penalty))
+        smpl = _llama.llama_sampler_init_penalties(n_vocab, last_n, s.repeat_penalty,
+                                                   s.frequency_penalty, s.presence_penalty)
+        # llama-server accepts the prompt into the sampler, so the penalties see it
+        for token in prompt[-last_n:]:
+            _llama.llama_sampler_accept(smpl, token)
+        add(smpl)
     if s.temp > 0:
         add(_llama.llama_sampler_init_top_k(s.top_k))
         add(_llama.llama_sampler_init_top_p(s.top_p, 0))
@@ -96,7 +109,4 @@ def _sampler_chain(s: Sampling, prompt: Sequence[int], *, n_vocab: int, n_ctx: i
         add(_llama.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
     else:
         add(_llama.llama_sampler_init_greedy())
-    if penalties:  # llama-server accepts the prompt into the sampler, so the penalties see it
-        for token in prompt[-last_n:]:
-            _llama.llama_sampler_accept(chain, token)
     return chain

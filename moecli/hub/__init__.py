@@ -29,7 +29,7 @@ from moecli.hub.listing import (
     list_repo,
     quant_of,
 )
-from moecli.hub.pull import CachedFile, Progress, Pulled, check_gguf, download, pull
+from moecli.hub.pull import CachedFile, Progress, Pulled, check_gguf, download, missing_bytes, pull
 from moecli.hub.refs import Alias, ModelRef, load_aliases, parse_ref
 from moecli.hub.remote import RemoteGGUF, remote_gguf
 from moecli.hub.transfer import Digest, TransferOptions
@@ -37,6 +37,6 @@ from moecli.hub.transfer import Digest, TransferOptions
 __all__ = [
     "DEFAULT_ENDPOINT", "PARTIAL_SUFFIX", "Alias", "CachedFile", "Candidate", "Choice", "Digest", "Fits", "HubEnv", "HubFile",
     "ModelRef", "Progress", "Pulled", "RemoteGGUF", "RepoListing", "TransferOptions", "check_gguf", "choose",
-    "download", "gated_without_token", "gguf_candidates", "is_model_file", "list_repo", "load_aliases",
+    "download", "gated_without_token", "missing_bytes", "gguf_candidates", "is_model_file", "list_repo", "load_aliases",
     "parse_ref", "pull", "quant_of", "remote_gguf", "storage_folder",
 ]

@@ -49,6 +49,13 @@ class RepoCache:
     def lock(self, digest: str) -> Path:
         return self.folder.parent / ".locks" / self.folder.name / f"{digest}.lock"
 
+    def read_ref(self, revision: str) -> str | None:
+        """The commit refs/<branch> names now, or None."""
+        try:
+            return (self.folder / "refs" / revision).read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
+
     def write_ref(self, revision: str, commit: str) -> None:
         """refs/<branch> holds the commit (not written when the revision is the commit itself)."""
         if revision == commit:

@@ -14,8 +14,33 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, constants
-from huggingface_hub.utils import build_hf_headers
+from moecli import paths
+from moecli.errors import BadInput
+
+# huggingface_hub reads these with int() when it is imported (constants.py) and dies with a
+# ValueError traceback on anything else: checked first, so that a typo is one line.
+_INT_SECONDS = ("HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_ETAG_TIMEOUT")
+
+
+def check_environ(env: Mapping[str, str] | None = None) -> None:
+    """BadInput naming the variable when HF_HUB_DOWNLOAD_TIMEOUT / HF_HUB_ETAG_TIMEOUT is not a
+    whole number of seconds (what huggingface_hub accepts)."""
+    env = os.environ if env is None else env
+    for name in _INT_SECONDS:
+        value = env.get(name)
+        if value is None:
+            continue
+        try:
+            int(value)
+        except ValueError:
+            raise BadInput(f"{name}={value!r} is not a whole number of seconds",
+                           f"set it like {name}=30, or unset it (the default is 10)") from None
+
+
+check_environ()  # before huggingface_hub is imported (below), which would raise a ValueError
+
+from huggingface_hub import HfApi, constants  # noqa: E402
+from huggingface_hub.utils import build_hf_headers  # noqa: E402
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -34,13 +59,26 @@ class HubEnv:
     @classmethod
     def from_environ(cls) -> HubEnv:
         env = os.environ
+        check_environ(env)
         endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-        hf_home = Path(os.path.expandvars(os.path.expanduser(
-            env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))))
-        cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or str(hf_home / "hub")
-        return cls(endpoint=endpoint, cache_dir=Path(os.path.expandvars(os.path.expanduser(cache))),
-                   token=_token(env, hf_home),
+        return cls(endpoint=endpoint, cache_dir=paths.hf_hub_cache(),
+                   token=_token(env, paths.hf_home()),
                    offline=_truthy(env.get("HF_HUB_OFFLINE")) or _truthy(env.get("TRANSFORMERS_OFFLINE")))
+
+    def llama_cache_conflict(self) -> str | None:
+        """llama.cpp's `-hf` looks for its files in LLAMA_CACHE first (common/hf-cache.cpp,
+        get_cache_directory: LLAMA_CACHE, then HF_HUB_CACHE, HF_HOME/hub, ...): when it is set to
+        another folder than the Hugging Face cache, `llama-server -hf` does not see what moecli pulls.
+        The one line that says so, or None."""
+        value = os.environ.get("LLAMA_CACHE")
+        if not value:
+            return None
+        llama = Path(os.path.expanduser(value))
+        if os.path.realpath(llama) == os.path.realpath(self.cache_dir):
+            return None
+        return (f"LLAMA_CACHE={value} makes `llama-server -hf` look there, not in the Hugging Face cache "
+                f"{self.cache_dir} where moecli and huggingface_hub keep models: unset LLAMA_CACHE, "
+                f"or set HF_HUB_CACHE={value} too")
 
     def api(self) -> HfApi:
         return HfApi(endpoint=self.endpoint, token=self.token or False)

@@ -115,6 +115,7 @@ class CachedFile:
     path: Path  # the snapshot path: what llama.cpp, huggingface_hub and moecli open
     blob: Path  # the bytes in the cache's blobs/
     verified_mtime_ns: int  # the blob's mtime when its digest was checked
+    hashed: bool = True  # this run read every byte and checked the digest (False: trusted, see Verified)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,12 @@ class Pulled:
     reused: int  # bytes that were on disk already
     created: tuple[Path, ...] = ()  # the blobs and snapshot links this run made (they were not there before)
     seconds: float = 0.0  # wall time of the transfers (with the hash of any resumed prefix)
+    # refs/<revision> moved from `old_commit` to this commit: the files of the old snapshot that the
+    # new commit has unchanged were linked into the new one (`carried`: old path, new path), the
+    # others (`changed`: repo path, old path) are not at the new commit as they were
+    old_commit: str | None = None
+    carried: tuple[tuple[Path, Path], ...] = ()
+    changed: tuple[tuple[str, Path], ...] = ()
 
     @property
     def name(self) -> str:
@@ -137,6 +144,7 @@ class Pulled:
 
 
 Created = Callable[[Candidate, Path], None]  # told of each file before it is made in the cache
+Carried = Callable[[Candidate, Path, Path], None]  # (old snapshot path, new one): told before the new link is made
 Verified = Callable[[Candidate], Mapping[tuple[Path, str], int]]  # (blob, digest) -> mtime when last verified
 
 
@@ -163,23 +171,25 @@ class _Placed:
     created_blob: bool  # this run downloaded the blob
     created_link: bool  # this run made the snapshot link
     verified_mtime_ns: int
+    hashed: bool = True
 
 
-def _verify_present(path: Path, f: HubFile, digest: Digest, meter: _Meter, known_mtime: int | None) -> int:
-    """Check a file that is already in the cache; returns its mtime. Hashing is skipped when
-    moecli verified this very blob before (same mtime); otherwise the bytes are read, because they
-    never passed through moecli's hash."""
+def _verify_present(path: Path, f: HubFile, digest: Digest, meter: _Meter, known_mtime: int | None) -> tuple[int, bool]:
+    """Check a file that is already in the cache; returns its mtime and whether it was hashed.
+    Hashing is skipped when moecli verified this very blob before and its size and mtime are
+    unchanged since (`known_mtime`; None: hash it); the caller says so ("verified on DATE"),
+    never "verified" alone. Otherwise the bytes are read: they never passed through moecli's hash."""
     stat = path.stat()
-    if stat.st_size == f.size and known_mtime == stat.st_mtime_ns:
+    if stat.st_size == f.size and known_mtime is not None and known_mtime == stat.st_mtime_ns:
         meter.add(f.size, transferred=False)
-        return stat.st_mtime_ns
+        return stat.st_mtime_ns, False
     got = hash_file(path, digest, f.size, lambda n: meter.add(n, transferred=False)) \
         if stat.st_size == f.size else None
     if got != digest.value:
         raise DownloadError(f"{f.path} is already in the Hugging Face cache but does not match the Hub's "
                             f"{digest.kind} ({path})",
                             f"moecli never deletes what it finds in the cache: delete {path}, then pull again")
-    return stat.st_mtime_ns
+    return stat.st_mtime_ns, True
 
 
 def _ensure_file(candidate: Candidate, index: int, f: HubFile, blob: Path, pointer: Path, meter: _Meter,
@@ -189,11 +199,11 @@ def _ensure_file(candidate: Candidate, index: int, f: HubFile, blob: Path, point
     known = known_good.get((blob, digest.value))
     if pointer.exists():  # a snapshot file, ours or huggingface_hub's or llama.cpp's: reuse it
         meter.at("check", index)
-        return _Placed(False, False, _verify_present(pointer.resolve(), f, digest, meter, known))
-    created_blob = False
+        return _Placed(False, False, *_verify_present(pointer.resolve(), f, digest, meter, known))
+    created_blob, hashed = False, True
     if blob.exists():
         meter.at("check", index)
-        mtime = _verify_present(blob, f, digest, meter, known)
+        mtime, hashed = _verify_present(blob, f, digest, meter, known)
     else:
         meter.at("download", index)
         partial = cache.partial_of(blob)
@@ -218,7 +228,74 @@ def _ensure_file(candidate: Candidate, index: int, f: HubFile, blob: Path, point
         pointer.unlink()
     creating(pointer)
     cache.link(blob, pointer)
-    return _Placed(created_blob, True, mtime)
+    return _Placed(created_blob, True, mtime, hashed)
+
+
+def missing_bytes(candidate: Candidate, env: HubEnv | None = None) -> int:
+    """Bytes of `candidate` not in the cache yet (a partial file counts for what it holds)."""
+    env = env or HubEnv.from_environ()
+    repo = cache.RepoCache.of(env, candidate.repo)
+    missing = 0
+    for f in candidate.files:
+        blob, pointer = repo.blob(f.digest.value), repo.pointer(candidate.commit, f.path)
+        try:
+            if pointer.exists() or blob.exists():
+                continue
+            partial = cache.partial_of(blob)
+            have = partial.stat().st_size if partial.exists() else 0
+        except OSError:  # a cache folder that is a file, or unreadable: all of it is missing
+            have = 0
+        missing += f.size - (have if have <= f.size else 0)
+    return missing
+
+
+def _carry_over(candidate: Candidate, repo: cache.RepoCache, old: str, repo_files: Sequence[HubFile],
+                on_carried: Carried | None) -> tuple[list[tuple[Path, Path]], list[tuple[str, Path]]]:
+    """refs/<revision> moves from commit `old` to the candidate's: llama.cpp (-hf, --offline) and
+    huggingface_hub (local_files_only) look only in the snapshot it names, so every file of the
+    old snapshot that the new commit has unchanged (the same LFS sha256, i.e. the same blob) is
+    linked into the new snapshot too. A file the new commit changed or dropped is returned in
+    `changed`: it stays in the old snapshot, for the caller to say so."""
+    at_new = {f.path: f for f in repo_files}
+    old_root = repo.folder / "snapshots" / old
+    carried: list[tuple[Path, Path]] = []
+    changed: list[tuple[str, Path]] = []
+    if not old_root.is_dir():
+        return carried, changed
+    for dirpath, _dirs, names in os.walk(old_root):
+        for name in sorted(names):
+            old_path = Path(dirpath) / name
+            repo_path = old_path.relative_to(old_root).as_posix()
+            if not old_path.is_symlink() or not old_path.exists():
+                continue  # a copied file (not a link to a blob) or a dangling link: nothing to carry
+            new_path = repo.pointer(candidate.commit, repo_path)
+            if os.path.lexists(new_path):
+                continue
+            blob = old_path.resolve()
+            f = at_new.get(repo_path)
+            if f is None or blob.parent != (repo.folder / "blobs").resolve() or blob.name != _digest_or_none(f):
+                changed.append((repo_path, old_path))
+                continue
+            if on_carried is not None:
+                on_carried(candidate, old_path, new_path)
+            cache.link(repo.blob(blob.name), new_path)
+            carried.append((old_path, new_path))
+    return carried, changed
+
+
+def _digest_or_none(f: HubFile) -> str | None:
+    return f.sha256 or f.blob_id
+
+
+def _cache_fault(exc: OSError, env: HubEnv) -> DownloadError:
+    """A folder of the Hugging Face cache that cannot be written: one line naming it and the variable."""
+    where = exc.filename or env.cache_dir
+    var = "HF_HUB_CACHE" if os.environ.get("HF_HUB_CACHE") else "HF_HOME"
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        reason = f"{reason} (a file is where a folder should be)"
+    return DownloadError(f"cannot use the Hugging Face cache at {where}: {reason}",
+                         f"make {env.cache_dir} a writable folder, or point {var} at one")
 
 
 def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | None = None,
@@ -226,7 +303,8 @@ def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | 
              free_space: Callable[[Path], int] = cache.free_space,
              check_model: Callable[[tuple[Path, ...]], object] | None = None,
              options: TransferOptions = TransferOptions(),
-             lock_timeout: float = 10.0, env: HubEnv | None = None) -> Pulled:
+             lock_timeout: float = 10.0, env: HubEnv | None = None, rehash: bool = False,
+             repo_files: Sequence[HubFile] = (), on_carried: Carried | None = None) -> Pulled:
     """Fetch what is missing of `candidate` into the Hugging Face cache and verify every file
     (sha256 against the Hub's LFS metadata, then the GGUF header, then `check_model(paths)` if
     given). Files already in the cache are checked and reused, never overwritten; partial files
@@ -236,22 +314,20 @@ def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | 
     file before its first byte, a blob before the finished partial becomes it, a snapshot link),
     so that the caller can record that moecli made it before it exists.
     verified(candidate): (blob, digest) -> the blob's mtime when the caller last saw it verified;
-    a blob found with that mtime is not hashed again.
-    free_space(folder): the free-disk probe (injectable to test a small disk)."""
-    from filelock import Timeout
-
+    a blob found with that mtime is not hashed again (CachedFile.hashed says which were), unless
+    `rehash`: then every byte on disk is read and checked.
+    repo_files: every file of the repo at the candidate's commit: when refs/<revision> moves to it,
+    the unchanged files of the snapshot it named are carried into the new one (`on_carried` told
+    before each link), see _carry_over.
+    free_space(folder): the free-disk probe (injectable to test a small disk).
+    A Hugging Face cache that cannot be written (read-only, a file where a folder is, no permission)
+    is one DownloadError naming the folder."""
     env = env or HubEnv.from_environ()
     repo = cache.RepoCache.of(env, candidate.repo)
-    known_good = verified(candidate) if verified else {}
+    known_good = verified(candidate) if verified and not rehash else {}
     targets = [(f, repo.blob(f.digest.value), repo.pointer(candidate.commit, f.path)) for f in candidate.files]
 
-    missing = 0
-    for f, blob, pointer in targets:
-        if pointer.exists() or blob.exists():
-            continue
-        partial = cache.partial_of(blob)
-        have = partial.stat().st_size if partial.exists() else 0
-        missing += f.size - (have if have <= f.size else 0)
+    missing = missing_bytes(candidate, env)
     if missing:
         free = free_space(repo.folder / "blobs")
         if free < missing:
@@ -267,29 +343,55 @@ def download(candidate: Candidate, *, on_progress: Callable[[Progress], None] | 
     headers = env.headers()
     files: list[CachedFile] = []
     created: list[Path] = []
-    with quiet_hub():
-        repo.write_ref(candidate.revision, candidate.commit)
-        for index, (f, blob, pointer) in enumerate(targets, start=1):
-            lock = repo.lock(f.digest.value)
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with WeakFileLock(lock, timeout=lock_timeout):
-                    placed = _ensure_file(candidate, index, f, blob, pointer, meter, headers, options, known_good,
-                                          env, creating)
-            except Timeout:
-                raise DownloadError(f"another process is downloading {f.path} (it holds {lock})",
-                                    "let it finish, then pull again") from None
-            created += [p for p, made in ((blob, placed.created_blob), (pointer, placed.created_link)) if made]
-            files.append(CachedFile(f.path, f.size, f.digest.value, pointer, blob, placed.verified_mtime_ns))
-        meter.stage = "done"
-        meter.emit(force=True)
+    try:
+        with quiet_hub():
+            return _download(candidate, repo, targets, meter, headers, options, known_good, env, creating,
+                             lock_timeout, check_model, repo_files, on_carried, files, created)
+    except DownloadError:
+        raise
+    except OSError as exc:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        if isinstance(exc, HfHubHTTPError):
+            raise
+        raise _cache_fault(exc, env) from exc
+
+
+def _download(candidate, repo, targets, meter, headers, options, known_good, env, creating, lock_timeout,
+              check_model, repo_files, on_carried, files, created) -> Pulled:
+    from filelock import Timeout
+
+    old = repo.read_ref(candidate.revision) if candidate.revision != candidate.commit else None
+    repo.write_ref(candidate.revision, candidate.commit)
+    carried: list[tuple[Path, Path]] = []
+    changed: list[tuple[str, Path]] = []
+    if old and old != candidate.commit and repo_files:
+        carried, changed = _carry_over(candidate, repo, old, repo_files, on_carried)
+    for index, (f, blob, pointer) in enumerate(targets, start=1):
+        lock = repo.lock(f.digest.value)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with WeakFileLock(lock, timeout=lock_timeout):
+                placed = _ensure_file(candidate, index, f, blob, pointer, meter, headers, options, known_good,
+                                      env, creating)
+        except Timeout:
+            raise DownloadError(f"another process is downloading {f.path} (it holds {lock})",
+                                "let it finish, then pull again") from None
+        created += [p for p, made in ((blob, placed.created_blob), (pointer, placed.created_link)) if made]
+        files.append(CachedFile(f.path, f.size, f.digest.value, pointer, blob, placed.verified_mtime_ns,
+                                placed.hashed))
+    meter.stage = "done"
+    meter.emit(force=True)
 
     final_paths = tuple(pointer for _, _, pointer in targets)
     check_gguf(final_paths)
     if check_model is not None:
         check_model(final_paths)
+    targets_new = {p for _, _, p in targets}
+    changed = [(rp, p) for rp, p in changed if repo.pointer(candidate.commit, rp) not in targets_new]
     return Pulled(candidate, tuple(files), meter.downloaded, max(candidate.size - meter.downloaded, 0),
-                  tuple(created), meter.transfer_seconds)
+                  tuple(created), meter.transfer_seconds, old if old != candidate.commit else None,
+                  tuple(carried), tuple(changed))
 
 
 # -- the whole of `moecli pull` ------------------------------------------------------------------
@@ -297,7 +399,8 @@ def pull(ref: ModelRef, *, fits: Fits | None = None, on_choice: Callable[[Choice
          on_progress: Callable[[Progress], None] | None = None, on_created: Created | None = None,
          verified: Verified | None = None, free_space: Callable[[Path], int] = cache.free_space,
          check_model: Callable[[tuple[Path, ...]], object] | None = None,
-         options: TransferOptions = TransferOptions(), env: HubEnv | None = None) -> Pulled:
+         options: TransferOptions = TransferOptions(), env: HubEnv | None = None, rehash: bool = False,
+         on_carried: Carried | None = None) -> Pulled:
     """`moecli pull REF`: list the repo, choose (telling `on_choice` why), download and verify
     (the hooks as for `download`). Whether a name is a Hub model at all is the caller's to say."""
     env = env or HubEnv.from_environ()
@@ -308,4 +411,5 @@ def pull(ref: ModelRef, *, fits: Fits | None = None, on_choice: Callable[[Choice
     if on_choice:
         on_choice(choice)
     return download(choice.candidate, on_progress=on_progress, on_created=on_created, verified=verified,
-                    free_space=free_space, check_model=check_model, options=options, env=env)
+                    free_space=free_space, check_model=check_model, options=options, env=env, rehash=rehash,
+                    repo_files=listing.files, on_carried=on_carried)

@@ -3,7 +3,7 @@ decoding can be, and why: `plan` decides, `evaluate` accounts for flags a user t
 
 Modules, one job each: `types` (what goes in and comes out), `model` (the model as the planner sees
 it), `memory` (llama.cpp's memory rules), `placement` (which device each tensor is on, and the flags
-that say so), `speed` (the decode estimate), `search` (`plan` and `evaluate`).
+that say so), `speed` (the decode estimate, and the speed model fitted to measurements), `search` (`plan` and `evaluate`).
 
 Pure: facts in, a `Plan` out; no I/O, no clock, no randomness. Everything follows the llama.cpp that
 llama-cpp-python 0.3.36 vendors; each rule names the place in its source it repeats:
@@ -37,7 +37,7 @@ from moecli.planner.memory import (
     OP_OFFLOAD_MIN_BATCH,
 )
 from moecli.planner.search import evaluate, plan
-from moecli.planner.speed import EFFICIENCY
+from moecli.planner.speed import EFFICIENCY, calibrated, config_key, fit, model_key, predict
 from moecli.planner.types import (
     DEFAULT_BATCH,
     DEFAULT_CTX,
@@ -48,6 +48,7 @@ from moecli.planner.types import (
     MIN_CTX,
     RAM_RESERVE,
     Alternative,
+    Calibration,
     CpuOnly,
     CtxMaxFallsBack,
     DecodeEstimate,
@@ -72,18 +73,24 @@ from moecli.planner.types import (
     RamLoadFails,
     RamPages,
     RamWouldFit,
+    RpcWouldFit,
+    Speed,
+    SpeedFigure,
+    SpeedInputs,
+    SpeedSample,
     TensorPlacement,
+    ThreadsOverCores,
     UbatchBelowOffload,
     Wishes,
     parse_ctx,
 )
 
 __all__ = [
-    "Alternative", "CUDA_ALIGNMENT", "CUDA_COMPUTE_SLACK", "CpuOnly", "CtxMaxFallsBack", "DEFAULT_BATCH",
+    "Alternative", "Calibration", "calibrated", "config_key", "fit", "model_key", "predict", "CUDA_ALIGNMENT", "CUDA_COMPUTE_SLACK", "CpuOnly", "CtxMaxFallsBack", "DEFAULT_BATCH",
     "DEFAULT_CTX", "DEFAULT_MARGIN", "DEFAULT_RUNTIME_OVERHEAD", "DEFAULT_UBATCH", "DecodeEstimate", "DenseModel",
     "EFFICIENCY", "Finding", "GPU", "GaveUpCtx", "GaveUpKvQuant", "GaveUpLayers", "GaveUpUbatch", "GpuOverBudget",
     "KV_QUANT_LADDER", "Kind", "LoadIntoRam", "MATRIX_ROW_PADDING", "MIN_CTX", "MemoryBreakdown",
     "MmapExpertsSlowPrompt", "MmapRamShort", "MtpNotLoaded", "NoExpertsOnGpu", "NonExpertsOnCpu",
     "OFFLOAD_COPY_SLACK", "OP_OFFLOAD_MIN_BATCH", "OneGpu", "Placement", "Plan", "RAM_RESERVE", "RamLoadFails",
-    "RamPages", "RamWouldFit", "TensorPlacement", "UbatchBelowOffload", "Wishes", "evaluate", "parse_ctx", "plan",
+    "RamPages", "RamWouldFit", "RpcWouldFit", "Speed", "SpeedFigure", "SpeedInputs", "SpeedSample", "TensorPlacement", "ThreadsOverCores", "UbatchBelowOffload", "Wishes", "evaluate", "parse_ctx", "plan",
 ]

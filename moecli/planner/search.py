@@ -10,10 +10,11 @@ from typing import NoReturn
 from moecli.errors import BadInput, DoesNotFit
 from moecli.facts import KV_CELL_PAD, GpuFacts, MachineFacts, ModelFacts
 from moecli.params import ALL_LAYERS, CPU, LlamaParams
+from moecli.planner import devices as multi
 from moecli.planner.memory import OP_OFFLOAD_MIN_BATCH, _Account, _account, _kv_bytes, _runtime_overhead, _Setup
 from moecli.planner.model import _Model, _prepare, _Tensor
 from moecli.planner.placement import _describe, _params_for, _Where, _where, _where_from_params
-from moecli.planner.speed import _decode
+from moecli.planner.speed import _decode, _speed_inputs, predict
 from moecli.planner.types import (
     DEFAULT_BATCH,
     DEFAULT_CTX,
@@ -45,6 +46,8 @@ from moecli.planner.types import (
     RamLoadFails,
     RamPages,
     RamWouldFit,
+    RpcWouldFit,
+    ThreadsOverCores,
     UbatchBelowOffload,
     Wishes,
 )
@@ -115,7 +118,7 @@ def _ram_findings(m: _Model, setup: _Setup, where: _Where, acc: _Account, load_m
     short = RamLoadFails(cpu.total, cpu.budget) if load_mode == "none" else RamPages(cpu.total, cpu.budget)
     n_ctx = _largest(lambda c: _account(m, replace(setup, n_ctx=c), where, gpu, gpu_budget, cpu.budget).cpu.fits,
                      MIN_CTX, setup.n_ctx)
-    return [short, RamWouldFit(cpu.total, cpu.budget, cpu.weights, n_ctx)]
+    return [short, RamWouldFit(cpu.total, cpu.budget, cpu.weights, n_ctx), RpcWouldFit(cpu.total - cpu.budget)]
 
 
 def _finish(m: _Model, machine: MachineFacts, gpu: GpuFacts | None, params: LlamaParams, setup: _Setup,
@@ -124,6 +127,8 @@ def _finish(m: _Model, machine: MachineFacts, gpu: GpuFacts | None, params: Llam
     devices = (acc.gpu, acc.cpu) if acc.gpu is not None else (acc.cpu,)
     f = m.facts
     found = list(findings)
+    if machine.logical_cores and params.n_threads > machine.logical_cores:
+        found.append(ThreadsOverCores(params.n_threads, machine.logical_cores))
     if not m.is_moe:
         found.append(DenseModel())
     if len(machine.gpus) > 1 and gpu is not None:
@@ -132,9 +137,11 @@ def _finish(m: _Model, machine: MachineFacts, gpu: GpuFacts | None, params: Llam
     if not_loaded:
         found.append(MtpNotLoaded(not_loaded))
     order = (Kind.GAVE_UP, Kind.WARNING, Kind.NOTE)  # as a report reads them; each kind in the order found
+    decode = _decode(m, where, machine, gpu, acc.copied)
+    speed = predict(_speed_inputs(m, where, machine, gpu, params, decode), decode, None)
     return Plan(
         model=f.name, arch=f.arch, machine=machine.source, is_moe=m.is_moe, params=params, devices=devices,
-        placement=placement, tensors=rows, n_ctx=setup.cells, decode=_decode(m, where, machine, gpu, acc.copied),
+        placement=placement, tensors=rows, n_ctx=setup.cells, decode=decode, speed=speed,
         findings=tuple(sorted(found, key=lambda x: order.index(x.kind))), alternatives=tuple(alternatives),
         file_bytes=f.n_bytes, copied_bytes=acc.copied, not_loaded_bytes=not_loaded,
     )
@@ -152,6 +159,8 @@ def evaluate(model: ModelFacts, machine: MachineFacts, params: LlamaParams, wish
     n_ctx = params.n_ctx or model.n_ctx_train or DEFAULT_CTX  # llama.cpp: 0 = the training context
     _check_ctx(model, n_ctx)
     _check_types(m, params.type_k, params.type_v, params.flash_attn)
+    if _several(machine):
+        return _evaluate_devices(m, machine, params, wishes, n_ctx)
     gpu = _pick_gpu(machine, replace(wishes, gpu=params.main_gpu) if machine.gpus else wishes)
     budget = _gpu_budget(gpu, wishes) if gpu is not None else None
     setup = _Setup(n_ctx, params.type_k, params.type_v, params.n_ubatch, params.n_batch, params.flash_attn,
@@ -185,8 +194,10 @@ def plan(model: ModelFacts, machine: MachineFacts, wishes: Wishes = Wishes()) ->
     m = _prepare(model)
     if isinstance(wishes.n_ctx, int):
         _check_ctx(model, wishes.n_ctx)
-    gpu = _pick_gpu(machine, wishes)
     threads = _threads(machine, wishes)
+    if _several(machine):
+        return _plan_devices(m, machine, wishes, threads)
+    gpu = _pick_gpu(machine, wishes)
     if gpu is None:
         return _plan_cpu(m, machine, wishes, threads)
     budget = _gpu_budget(gpu, wishes)
@@ -198,9 +209,11 @@ def plan(model: ModelFacts, machine: MachineFacts, wishes: Wishes = Wishes()) ->
 def _base_setup(m: _Model, wishes: Wishes, n_ctx: int) -> _Setup:
     type_k = wishes.type_k or "f16"
     type_v = wishes.type_v or "f16"
-    n_ubatch = wishes.n_ubatch or DEFAULT_UBATCH
-    n_batch = max(wishes.n_batch or DEFAULT_BATCH, n_ubatch)
-    return _Setup(n_ctx, type_k, type_v, n_ubatch, n_batch, _flash_attn(wishes, type_v), wishes.n_seq, wishes.kv_unified)
+    # llama.cpp lowers -ub to -b (llama_context: n_ubatch = min(n_batch, n_ubatch)), never raises -b
+    n_batch = wishes.n_batch or DEFAULT_BATCH
+    n_ubatch = min(wishes.n_ubatch or DEFAULT_UBATCH, n_batch)
+    return _Setup(n_ctx, type_k, type_v, n_ubatch, n_batch, _flash_attn(wishes, type_v), wishes.n_seq,
+                  wishes.kv_unified)
 
 
 def _flash_attn(wishes: Wishes, type_v: str) -> str:
@@ -510,8 +523,9 @@ class _Search:
             alt("all experts on CPU (--cpu-moe)", _where(m, self.all_layers, gpu_experts=()),
                 params.with_(cpu_moe=True, n_cpu_moe=0, tensor_overrides=()),
                 "leaves GPU memory unused that could hold expert layers")
-        if m.is_moe and ngl == self.all_layers and not all_on_gpu and self.wishes.n_ubatch is None:
-            big = replace(setup, n_ubatch=2048, n_batch=max(setup.n_batch, 2048))
+        if m.is_moe and ngl == self.all_layers and not all_on_gpu and self.wishes.n_ubatch is None \
+                and setup.n_batch >= 2048:  # a -b the user typed stays as typed
+            big = replace(setup, n_ubatch=2048)
             if big.reserve_tokens > setup.reserve_tokens:
                 a = self.gpu_account(big, _where(m, ngl, gpu_experts=gpu_layers, partial=partial))
                 extra = a.gpu.total - acc.gpu.total
@@ -523,3 +537,72 @@ class _Search:
             out.append(Alternative("f16 KV cache", params.with_(type_k="f16", type_v="f16", flash_attn="auto"), None, None,
                                    "does not fit with the non-expert weights at this context"))
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# several devices: local GPUs and RPC workers (planner.devices)
+
+
+def _several(machine: MachineFacts) -> bool:
+    """Plans over devices: more than one GPU, or any RPC worker."""
+    return len(machine.gpus) > 1 or bool(machine.rpc)
+
+
+def _plan_devices(m: _Model, machine: MachineFacts, wishes: Wishes, threads: int) -> Plan:
+    devs = multi.machine_devices(machine, wishes)
+    ram = _ram_budget(machine)
+    setup = _base_setup(m, wishes, wishes.n_ctx if isinstance(wishes.n_ctx, int) else _default_ctx(m))
+    _check_types(m, setup.type_k, setup.type_v, setup.flash_attn)
+    search = multi._DeviceSearch(m, machine, devs, ram, wishes)
+    if wishes.n_ctx == "max":  # the largest context with every non-expert weight on the devices
+        limit = m.facts.n_ctx_train or DEFAULT_CTX
+        best = _largest(lambda c: search.fits(replace(setup, n_ctx=c), search.top), MIN_CTX, limit)
+        setup = replace(setup, n_ctx=best or _default_ctx(m))
+    ladder = [(setup, ())]
+    if m.is_moe:
+        helper = _Search(m, machine, GpuFacts(0, "", 1, 1), 1, ram, wishes)  # its ladder only: KV, micro-batch
+        ladder += [(s, (f,)) for s, f in helper.ladder(setup)]
+    chosen = search.run(ladder, threads)
+    found = list(chosen.findings)
+    found += _ram_findings_devices(m, chosen, devs, ram)
+    return _finish_devices(m, machine, devs, chosen.params, chosen.setup, chosen.where, chosen.account, found)
+
+
+def _evaluate_devices(m: _Model, machine: MachineFacts, params: LlamaParams, wishes: Wishes, n_ctx: int) -> Plan:
+    devs = multi.machine_devices(machine, wishes)
+    ram = _ram_budget(machine)
+    setup = _Setup(n_ctx, params.type_k, params.type_v, params.n_ubatch, params.n_batch, params.flash_attn)
+    where, acc, found = multi.evaluate_devices(m, setup, params, devs, ram)
+    chosen = multi.DevicePlan(params, setup, where, acc, (), {})
+    found += _ram_findings_devices(m, chosen, devs, ram)
+    return _finish_devices(m, machine, devs, params, setup, where, acc, found)
+
+
+def _ram_findings_devices(m: _Model, chosen: multi.DevicePlan, devs, ram: int) -> list[Finding]:
+    cpu = chosen.account.cpu
+    if cpu.budget is None or cpu.fits:
+        return []
+    load_mode = chosen.params.load_mode if chosen.params.load_mode != "auto" else "mmap"
+    short = RamLoadFails(cpu.total, cpu.budget) if load_mode == "none" else RamPages(cpu.total, cpu.budget)
+    n_ctx = _largest(lambda c: multi._account(m, replace(chosen.setup, n_ctx=c), chosen.where, devs, ram).cpu.fits,
+                     MIN_CTX, chosen.setup.n_ctx)
+    return [short, RamWouldFit(cpu.total, cpu.budget, cpu.weights, n_ctx), RpcWouldFit(cpu.total - cpu.budget)]
+
+
+def _finish_devices(m: _Model, machine: MachineFacts, devs, params: LlamaParams, setup: _Setup, where, acc,
+                    findings: Sequence[Finding]) -> Plan:
+    placement, rows = multi.describe(m, where, devs)
+    f = m.facts
+    found = list(findings)
+    if not m.is_moe:
+        found.append(DenseModel())
+    not_loaded = sum(t.info.n_bytes for t in m.tensors if not t.loaded)
+    if not_loaded:
+        found.append(MtpNotLoaded(not_loaded))
+    order = (Kind.GAVE_UP, Kind.WARNING, Kind.NOTE)
+    return Plan(
+        model=f.name, arch=f.arch, machine=machine.source, is_moe=m.is_moe, params=params, devices=acc.devices,
+        placement=placement, tensors=rows, n_ctx=setup.cells, decode=multi.decode(m, where, machine, devs, acc.copied),
+        findings=tuple(sorted(found, key=lambda x: order.index(x.kind))), alternatives=(),
+        file_bytes=f.n_bytes, copied_bytes=acc.copied, not_loaded_bytes=not_loaded,
+    )

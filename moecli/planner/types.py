@@ -133,6 +133,8 @@ class Placement:
     partial_gpu: tuple[str, ...]  # its expert tensors on the GPU
     partial_cpu: tuple[str, ...]  # and on the CPU
     other_cpu: tuple[str, ...]  # non-expert tensors on the CPU besides the inputs (when layers are given up)
+    # several devices: (device, its layers, the layers whose experts it holds), in llama.cpp's order
+    by_device: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,77 @@ class DecodeEstimate:
     bytes_per_token: tuple[tuple[str, int], ...]  # per device
     bandwidths: tuple[tuple[str, float | None], ...]  # bytes/s per device
     basis: str
+
+
+@dataclass(frozen=True)
+class SpeedInputs:
+    """What decides a configuration's speed, as the speed model sees it (and as a measurement
+    records it, so that a fit carries over to models and placements never benched)."""
+
+    model: str  # planner.speed.model_key: file name and tensor bytes
+    config: str  # planner.speed.config_key: llama-bench's flags, without the context
+    n_layer: int
+    n_threads: int
+    n_ubatch: int
+    gpu: str | None  # the GPU's name, None on the CPU alone
+    decode_bytes: tuple[tuple[str, int], ...]  # per device, bytes each generated token reads
+    bandwidths: tuple[tuple[str, float | None], ...]  # per device, bytes/s (nominal: profiled or measured)
+    prompt_flops: tuple[tuple[str, float], ...]  # per device, FLOPs per prompt token (2 per active weight)
+    prompt_weight_bytes: tuple[tuple[str, int], ...]  # per device, weights read once per ubatch
+    prompt_copy_bytes: int = 0  # CPU-resident weights copied to the GPU once per ubatch
+    pinned: bool = False  # those copies come from pinned memory (-lm none)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SpeedInputs:
+        """From its JSON form (asdict); raises KeyError/TypeError/ValueError on another shape."""
+        pairs = ("decode_bytes", "bandwidths", "prompt_flops", "prompt_weight_bytes")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(tuple(p) for p in v) if k in pairs else v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class SpeedSample:
+    """One measured test (llama-bench's tg or pp) of one configuration on this machine."""
+
+    inputs: SpeedInputs
+    test: str  # "tg" | "pp"
+    tokens_per_s: float
+    when: str  # ISO 8601
+    n_tokens: int = 0  # the test's size: pp's n_prompt, tg's n_gen (0: llama-bench's defaults, 512 and 128)
+    spread: float = 0.0  # the relative standard deviation of its repetitions (stddev_ts / avg_ts)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """This machine's measurements, as facts for the planner (moecli.measurements reads them)."""
+
+    samples: tuple[SpeedSample, ...] = ()
+
+
+@dataclass(frozen=True)
+class SpeedFigure:
+    """One speed with its basis. kind: "measured" (this model and configuration benched here; the
+    newest run), "calibrated" (the speed model fitted to n_runs runs of n_configs configurations
+    here), "estimate" (uncalibrated: decode's bound and the range real systems reach), "none"."""
+
+    test: str  # "tg" (decode) | "pp" (prompt)
+    kind: str
+    tokens_per_s: float | None
+    n_runs: int = 0
+    n_configs: int = 0
+    when: str | None = None  # measured: when
+    terms: tuple[tuple[str, float], ...] = ()  # calibrated: the fitted coefficients
+    low: float | None = None  # estimate
+    high: float | None = None
+    bound: float | None = None
+    other_runs: int = 0  # estimate/none: runs here that did not apply (other threads, another device)
+
+
+@dataclass(frozen=True)
+class Speed:
+    decode: SpeedFigure
+    prompt: SpeedFigure
+    inputs: SpeedInputs
 
 
 @dataclass(frozen=True)
@@ -229,6 +302,16 @@ class RamWouldFit(Finding):
 
 
 @dataclass(frozen=True)
+class RpcWouldFit(Finding):
+    """The memory missing on this machine, which RPC workers (other machines' memory) can give.
+    Follows RamWouldFit."""
+
+    code: ClassVar[str] = "rpc_would_fit"
+    kind: ClassVar[Kind] = Kind.WARNING
+    missing: int  # bytes the CPU side needs beyond the RAM budget
+
+
+@dataclass(frozen=True)
 class MmapExpertsSlowPrompt(Finding):
     """Expert weights on the CPU, loaded with mmap: the GPU copies them for prompts from pageable
     memory, ~5x slower prompt processing than from -lm none's pinned buffers. In the H100 runs (see
@@ -256,6 +339,17 @@ class NonExpertsOnCpu(Finding):
 
     code: ClassVar[str] = "non_experts_on_cpu"
     kind: ClassVar[Kind] = Kind.WARNING
+
+
+@dataclass(frozen=True)
+class ThreadsOverCores(Finding):
+    """More threads (-t) than the machine has hardware threads: llama.cpp's threads wait for each
+    other at every step of every token."""
+
+    code: ClassVar[str] = "threads_over_cores"
+    kind: ClassVar[Kind] = Kind.WARNING
+    threads: int
+    logical_cores: int
 
 
 # -- what was given up
@@ -395,6 +489,7 @@ class Plan:
     file_bytes: int = 0  # the tensor bytes in the file(s)
     copied_bytes: int = 0  # bytes llama.cpp holds twice (a tied output head on the GPU)
     not_loaded_bytes: int = 0  # bytes llama.cpp does not load (MTP layers)
+    speed: Speed | None = None  # decode and prompt speed with their basis (planner.calibrated)
 
     @property
     def fits(self) -> bool:
@@ -432,13 +527,20 @@ class Plan:
         return {
             "model": self.model, "arch": self.arch, "machine": self.machine, "is_moe": self.is_moe,
             "fits": self.fits, "n_ctx": self.n_ctx,
-            "params": {**asdict(self.params), "tensor_overrides": [str(o) for o in self.params.tensor_overrides],
+            "params": {**_without_empty(asdict(self.params), ("tensor_split", "devices", "rpc_servers")),
+                       "tensor_overrides": [str(o) for o in self.params.tensor_overrides],
                        "llama_args": self.params.to_llama_args()},
             "devices": [d.to_dict() for d in self.devices],
-            "placement": asdict(self.placement),
+            "placement": _without_empty(asdict(self.placement), ("by_device",)),
             "decode": asdict(self.decode),
+            "speed": asdict(self.speed) if self.speed is not None else None,
             "findings": [f.to_dict() for f in self.findings],
             "alternatives": [{**asdict(a), "params": a.params.to_llama_args()} for a in self.alternatives],
             "file_bytes": self.file_bytes, "copied_bytes": self.copied_bytes, "not_loaded_bytes": self.not_loaded_bytes,
             "tensors": [asdict(t) for t in self.tensors],
         }
+
+
+def _without_empty(data: dict, keys: tuple[str, ...]) -> dict:
+    """The several-device fields only where a plan has several devices (one GPU's JSON stays as it was)."""
+    return {k: v for k, v in data.items() if not (k in keys and not v)}

@@ -65,7 +65,7 @@ THREADS = (16, 4)
 LLAMA_FIT_MARGIN_MIB = 1024
 SAMPLE_INTERVAL_S = 0.05
 # The speeds the time estimates assume (tokens/s, 16 threads, full-size model on the team's H100,
-# facts/gpu-build.md): experts on the CPU read into RAM / mmapped, the naive layer split, all on
+# the H100 runs (moecli/planner/__init__.py)): experts on the CPU read into RAM / mmapped, the naive layer split, all on
 # the GPU. 4 threads decode at ~0.56x wherever the CPU does expert work (same page).
 EXPECTED_TS = {
     "cpu-experts-none": (1250.0, 58.0),

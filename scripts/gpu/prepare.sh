@@ -34,7 +34,7 @@ mv "$cache/llama_cpp_python-$version" "$tree"
 vendored=$tree/vendor/llama.cpp
 commit=$(git -C "$vendored" rev-parse HEAD 2>/dev/null || echo unknown)
 
-# Strip what the build does not read (facts/gpu-build.md; configured with tests, examples, server
+# Strip what the build does not read (the H100 runs (moecli/planner/__init__.py); configured with tests, examples, server
 # and app off, and only the CPU and CUDA backends): git history, docs, media, benchmarks, test
 # vocabularies, the server and its web UI, other ggml backends.
 rm -rf "$tree/.git" "$tree/docs" "$tree/examples" "$tree/tests" "$tree/docker"

@@ -79,7 +79,7 @@ build=$lcp/vendor/llama.cpp/build
 if [ "$(cat "$lcp/.stamp" 2>/dev/null)" != "$stamp-cuda$cuda" ]; then
   rm -rf "$lcp"
   tar xzf "$repo/.carry/lcp.tgz" -C "$work"
-  # facts/gpu-build.md: configure 4-6 s, build 275-357 s with -j 16 on the H100 machine
+  # the H100 runs (moecli/planner/__init__.py): configure 4-6 s, build 275-357 s with -j 16 on the H100 machine
   flags=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
          -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
          -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=ON)

@@ -1,0 +1,557 @@
+"""Plans over several devices: local GPUs and llama.cpp RPC workers beside the CPU.
+
+llama.cpp's rules for several devices, as the vendored source has them:
+- device order (src/llama.cpp, llama_model_load_from_file_impl): RPC devices first ("add RPC servers
+  at the front of the list"), then the GPUs; `-dev` gives the order explicitly.
+- layers (src/llama-model.cpp, load_tensors): the split points are the cumulative `-ts` weights
+  normalised to 1 (float), i_gpu_start = max(n_layer_all + 1 - ngl, 0), act = min(ngl, n_layer_all + 1);
+  layer il (the output layer is il = n_layer_all) goes to the CPU below i_gpu_start, else to
+  devices[upper_bound(splits, float(il - i_gpu_start) / act)]. With `-ts` = the number of layers
+  each device holds, device k holds exactly the k-th block of consecutive layers.
+- `-ot PATTERN=BUFT` wins over the layer's device (the first match); `--cpu-moe` comes after the
+  explicit ones, so per-device expert patterns first, then --cpu-moe, say "these experts there, the
+  rest on the CPU" (llama.cpp's own --n-cpu-moe is device-blind: the experts left to the GPUs follow
+  their layers, llama.cpp issues #15136, #15263).
+- buffer types: CUDA<k>; RPC<d>[host:port] with d the device's index on its server.
+- a CPU-resident weight is multiplied for prompt batches (>= 32 tokens) on the first device whose
+  backend offloads ops (ggml_backend_sched: the first backend with offload_op): CUDA; RPC has none.
+
+The search: every layer on the devices when the non-expert weights fit (KV precision, then the
+micro-batch, then layers given up as in the single-GPU search), the layers split by `-ts` in
+proportion to each device's budget; then each device takes the experts of its own layers, from the
+back of its block, while everything fits; then what room is left takes the CPU's remaining expert
+layers. No layer is split by tensor across devices (the single-GPU search does that for one card).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from moecli.errors import BadInput, DoesNotFit
+from moecli.facts import GpuFacts, KvLayer, MachineFacts, RpcFacts
+from moecli.params import ALL_LAYERS, CPU, EXPS_REGEX, LlamaParams
+from moecli.planner.memory import (
+    CUDA_ALIGNMENT,
+    CUDA_COMPUTE_SLACK,
+    OFFLOAD_COPY_SLACK,
+    OP_OFFLOAD_MIN_BATCH,
+    _kv_bytes,
+    _output_bytes,
+    _pool_growth,
+    _runtime_overhead,
+    _Setup,
+)
+from moecli.planner.model import _Model
+from moecli.planner.speed import EFFICIENCY
+from moecli.planner.types import (
+    DEFAULT_MARGIN,
+    DecodeEstimate,
+    Finding,
+    GaveUpLayers,
+    GpuOverBudget,
+    LoadIntoRam,
+    MemoryBreakdown,
+    MmapRamShort,
+    Placement,
+    TensorPlacement,
+    Wishes,
+)
+from moecli.units import fmt_bytes
+
+PCIE_BANDWIDTH = 15.75e9  # bytes/s: PCIe 3.0 x16, what a GPU without a known link gets
+PCIE_LATENCY = 10e-6  # s per transfer between the host and a GPU (a launch and a sync)
+# An RPC crossing is several round trips (set the input, send the graph, compute, read the output)
+# and a wake-up of the worker. Measured on the project's loaded 2-core dev box with the demo model
+# (moecli bench demo --cpu-only -p 0 -n 128 -r 10 -t 1, workers `moecli rpc-server --threads 1`):
+# local 442 t/s, one worker 222 t/s (2 crossings: +2.24 ms/token), two workers 228 t/s (3 crossings:
+# +2.12 ms/token): 0.7-1.1 ms per crossing. The lower figure keeps the bound a bound.
+LOOPBACK_BANDWIDTH = 4e9  # bytes/s over 127.0.0.1
+LOOPBACK_LATENCY = 0.7e-3  # s per crossing over 127.0.0.1 (measured, above)
+LAN_BANDWIDTH = 125e6  # bytes/s: gigabit Ethernet, for an RPC worker without a known link
+LAN_LATENCY = LOOPBACK_LATENCY + 0.2e-3  # the same protocol, plus a LAN's round trip
+
+
+def _f32(x: float) -> float:
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def is_loopback(endpoint: str) -> bool:
+    host = endpoint.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class _Dev:
+    """A device besides the CPU, as the planner works with it."""
+
+    name: str  # llama.cpp's device name: "CUDA1", "RPC0"
+    buffer_type: str  # what -ot names: "CUDA1", "RPC0[127.0.0.1:50052]"
+    cuda: bool
+    budget: int  # bytes the plan may use there
+    overhead: int  # the runtime's own memory (CUDA) or what the worker keeps
+    free: int  # what llama.cpp sees free (its default -ts weights)
+    bandwidth: float | None  # bytes/s of its memory
+    link_bandwidth: float  # bytes/s to the host
+    link_latency: float  # s per crossing to the host
+    gpu: GpuFacts | None = None
+    endpoint: str | None = None
+
+
+def machine_devices(machine: MachineFacts, wishes: Wishes) -> list[_Dev]:
+    """The devices in llama.cpp's order with their budgets: free memory (or --vram) minus the margin."""
+    margin = DEFAULT_MARGIN if wishes.margin is None else wishes.margin
+    out = []
+    for d in machine.devices:
+        if isinstance(d, RpcFacts):
+            loop = is_loopback(d.endpoint)
+            bandwidth = d.bandwidth or (machine.ram_bandwidth if loop else None)  # a worker on this machine uses its RAM
+            out.append(_Dev(d.name_llama, d.buffer_type, False, d.free_bytes - margin, d.runtime_overhead, d.free_bytes,
+                            bandwidth, d.link_bandwidth or (LOOPBACK_BANDWIDTH if loop else LAN_BANDWIDTH),
+                            d.link_latency or (LOOPBACK_LATENCY if loop else LAN_LATENCY), endpoint=d.endpoint))
+        else:
+            available = d.free_bytes if wishes.vram_budget is None else min(d.free_bytes, wishes.vram_budget)
+            out.append(_Dev(d.name_llama, d.name_llama, True, available - margin, _runtime_overhead(d), d.free_bytes,
+                            d.bandwidth, d.link_bandwidth or PCIE_BANDWIDTH, PCIE_LATENCY, gpu=d))
+    for dev in out:
+        if dev.budget <= dev.overhead:
+            raise BadInput(f"{dev.name} has a budget of {fmt_bytes(max(dev.budget, 0))} after the {fmt_bytes(margin)} margin, "
+                           f"not even its runtime's {fmt_bytes(dev.overhead)}",
+                           "give it more memory (--vram / --rpc-mem), a smaller --margin, or leave it out")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# placement: llama.cpp's rules for -ngl, -ts, -dev, -ot, --cpu-moe
+
+
+@dataclass(frozen=True)
+class _DWhere:
+    devices: tuple[str | None, ...]  # per _Model.tensors: a device name, "CPU", or None (not loaded)
+    layers: tuple[str, ...]  # per layer 0 .. n_layer_all (the last is the output layer)
+    n_gpu_layers: int
+
+    def output(self) -> str:
+        return self.layers[-1]
+
+
+def _layer_devices(n_layer_all: int, ngl: int, order: Sequence[str], weights: Sequence[float]) -> tuple[str, ...]:
+    """load_tensors' split: float split points, upper_bound of (il - i_gpu_start) / act_gpu_layers."""
+    n = n_layer_all
+    ngl = n + 1 if ngl < 0 else ngl
+    splits, total = [], 0.0
+    for w in weights:
+        total = _f32(total + w)
+        splits.append(total)
+    splits = [_f32(s / total) if total else 0.0 for s in splits]
+    start = max(n + 1 - ngl, 0)
+    act = min(ngl, n + 1) if order else 0
+    out = []
+    for il in range(n + 1):
+        if il < start or il - start >= act:
+            out.append(CPU)
+            continue
+        x = _f32((il - start) / act)
+        k = next((i for i, s in enumerate(splits) if s > x), len(splits))
+        out.append(order[min(k, len(order) - 1)])
+    return tuple(out)
+
+
+def _place(m: _Model, layers: tuple[str, ...], overrides: Sequence[tuple[re.Pattern[str], str]] = (),
+           experts: dict[int, str] | None = None, ngl: int = -1) -> _DWhere:
+    """Each loaded tensor's device: the first matching override; the input on the CPU; a routed
+    expert where `experts` says (its layer -> device; absent: the CPU) when given; else its layer's."""
+    out: list[str | None] = []
+    for t in m.tensors:
+        if not t.loaded:
+            out.append(None)
+            continue
+        device = next((d for pattern, d in overrides if pattern.search(t.info.name)), None)
+        if device is not None:
+            out.append(device)
+        elif t.is_input:
+            out.append(CPU)
+        elif t.kind and experts is not None:
+            out.append(experts.get(t.layer, CPU))
+        else:
+            out.append(layers[m.n_layer_all if t.layer is None else t.layer])
+    return _DWhere(tuple(out), layers, ngl)
+
+
+def _buffer_device(buffer_type: str, devs: Sequence[_Dev]) -> str:
+    name = buffer_type.strip()
+    if name.upper().startswith("CPU") or name.upper() == "CUDA_HOST":
+        return CPU
+    for d in devs:
+        if name == d.buffer_type or name.upper() == d.buffer_type.upper():
+            return d.name
+    raise BadInput(f"buffer type {buffer_type!r} is not one of this plan's devices",
+                   "use one of: CPU, " + ", ".join(d.buffer_type for d in devs))
+
+
+def where_from_params(m: _Model, params: LlamaParams, devs: Sequence[_Dev]) -> _DWhere:
+    """llama.cpp's placement for the flags on these devices."""
+    by_name = {d.name: d for d in devs}
+    order = [by_name[n] for n in params.devices if n in by_name] if params.devices else list(devs)
+    weights = params.tensor_split or tuple(float(d.free) for d in order)
+    if len(weights) < len(order):
+        weights = (*weights, *([0.0] * (len(order) - len(weights))))
+    layers = _layer_devices(m.n_layer_all, params.n_gpu_layers, [d.name for d in order], weights[:len(order)])
+    overrides = tuple((re.compile(o.pattern), _buffer_device(o.buffer_type, devs)) for o in params.overrides())
+    return _place(m, layers, overrides, ngl=params.n_gpu_layers)
+
+
+def expert_pattern(layers: Sequence[int]) -> str:
+    """One -ot pattern for the routed experts of these layers: blk\\.(3|4|5)\\.ffn_..._exps."""
+    alternatives = "|".join(str(i) for i in sorted(layers))
+    return rf"blk\.({alternatives}){EXPS_REGEX}"
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: the single-GPU rules (planner.memory), per device
+
+
+@dataclass(frozen=True)
+class _DAccount:
+    devices: tuple[MemoryBreakdown, ...]  # devs' order, then the CPU
+    copied: int
+
+    @property
+    def cpu(self) -> MemoryBreakdown:
+        return self.devices[-1]
+
+    @property
+    def fits_devices(self) -> bool:
+        return all(d.fits for d in self.devices[:-1])
+
+
+def _account(m: _Model, setup: _Setup, where: _DWhere, devs: Sequence[_Dev], ram_budget: int | None) -> _DAccount:
+    names = [d.name for d in devs]
+    weights = dict.fromkeys([*names, CPU], 0)
+    padding = dict.fromkeys(names, 0)
+    cuda = {d.name for d in devs if d.cuda}
+    largest_cpu = 0
+    for t, device in zip(m.tensors, where.devices):
+        if device is None:
+            continue
+        weights[device] += t.info.n_bytes
+        if device in cuda:
+            padding[device] += t.cuda_bytes
+        elif device == CPU and not t.is_input:
+            largest_cpu = max(largest_cpu, t.info.n_bytes)
+    copied = 0
+    out_dev = where.output()
+    if m.tied_output is not None and out_dev != CPU:
+        copied = m.tied_output.n_bytes  # TENSOR_DUPLICATED: the output head is a second copy there
+        weights[out_dev] += copied
+        if out_dev in cuda:
+            padding[out_dev] += CUDA_ALIGNMENT
+
+    cells = setup.cells
+    kv = dict.fromkeys(weights, 0)
+    largest_cpu_kv = 0
+    scratch = dict.fromkeys(weights, 0)
+    for layer, n_k, n_v, window in m.kv_layers:
+        layer_cells = KvLayer(layer, n_k, n_v, window).cells(cells, setup.ubatch)
+        size = _kv_bytes(setup.type_k, n_k, layer_cells) + _kv_bytes(setup.type_v, n_v, layer_cells)
+        device = where.layers[layer]
+        kv[device] += size
+        if device == CPU:
+            largest_cpu_kv = max(largest_cpu_kv, size)
+        if device in cuda and (setup.type_k != "f16" or setup.type_v != "f16"):
+            scratch[device] = max(scratch[device], layer_cells * 2 * (n_k * (setup.type_k != "f16")
+                                                                      + n_v * (setup.type_v != "f16")))
+    recurrent = dict.fromkeys(weights, 0)
+    for layer, size in m.recurrent_per_layer:
+        recurrent[where.layers[layer]] += size
+
+    # compute buffers (see planner.memory._compute for the terms and their calibration)
+    f = m.facts
+    n_tokens = setup.reserve_tokens
+    n_outputs = min(n_tokens, setup.batch)
+    tail = n_outputs * f.n_vocab * 4 + n_tokens * f.n_embd * 4 * 4
+    layer_act = n_tokens * m.floats_per_token * 4
+    if not setup.fa_on and m.kv_layers:
+        layer_act += setup.cells * n_tokens * (m.n_head + 1) * 4
+    first_cuda = next((d.name for d in devs if d.cuda), None)
+    offload = n_tokens >= OP_OFFLOAD_MIN_BATCH and first_cuda is not None
+    holds = {d: any(x == d for x in where.layers) or any(x == d for x in where.devices) for d in names}
+    compute = dict.fromkeys(weights, 0)
+    for d in names:
+        if not holds[d] and not (offload and d == first_cuda):
+            continue
+        c = max(tail if out_dev == d else 0, layer_act + scratch[d])
+        if d == first_cuda and offload:
+            copies = largest_cpu + largest_cpu_kv
+            output_copy = _output_bytes(m) if out_dev == CPU else 0
+            c = max(c, layer_act + scratch[d] + copies, tail + output_copy if output_copy else 0)
+            if copies or output_copy:
+                c += OFFLOAD_COPY_SLACK
+        compute[d] = c + (CUDA_COMPUTE_SLACK if d in cuda else 0)
+    cpu_compute = n_tokens * f.n_embd * 4 * 4 + f.n_vocab * 4
+    if not offload and largest_cpu:
+        cpu_compute = max(cpu_compute, layer_act)  # the CPU runs its layers' work itself
+    if out_dev == CPU and not offload:
+        cpu_compute = max(cpu_compute, tail)
+    compute[CPU] = cpu_compute
+
+    rows = []
+    for d in devs:
+        overhead = d.overhead + padding[d.name] + (_pool_growth(m, setup) if d.cuda else 0)
+        rows.append(MemoryBreakdown(d.name, weights[d.name], kv[d.name], recurrent[d.name], compute[d.name], overhead,
+                                    d.budget))
+    rows.append(MemoryBreakdown(CPU, weights[CPU], kv[CPU], recurrent[CPU], compute[CPU], 0, ram_budget))
+    return _DAccount(tuple(rows), copied)
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+
+
+def _split_weights(n_slots: int, devs: Sequence[_Dev]) -> list[int]:
+    """Layers per device (largest remainders), in proportion to each device's budget beyond its overhead."""
+    room = [max(1, d.budget - d.overhead) for d in devs]
+    total = sum(room)
+    exact = [n_slots * r / total for r in room]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(devs)), key=lambda i: (-(exact[i] - counts[i]), i))[: n_slots - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What `plan_devices` decided, for search._finish to turn into a Plan."""
+
+    params: LlamaParams
+    setup: _Setup
+    where: _DWhere
+    account: _DAccount
+    findings: tuple[Finding, ...]
+    experts: dict[int, str]
+
+
+class _DeviceSearch:
+    def __init__(self, m: _Model, machine: MachineFacts, devs: list[_Dev], ram: int, wishes: Wishes):
+        self.m, self.machine, self.devs, self.ram, self.wishes = m, machine, devs, ram, wishes
+        self.top = m.n_layer_all + 1
+
+    def layout(self, ngl: int) -> tuple[tuple[str, ...], list[int]]:
+        slots = min(ngl, self.top)
+        counts = _split_weights(slots, self.devs)
+        layers = _layer_devices(self.m.n_layer_all, slots, [d.name for d in self.devs], counts)
+        return layers, counts
+
+    def account(self, setup: _Setup, layers: tuple[str, ...], experts: dict[int, str], ngl: int) -> _DAccount:
+        return _account(self.m, setup, _place(self.m, layers, experts=experts, ngl=ngl), self.devs, self.ram)
+
+    def fits(self, setup: _Setup, ngl: int) -> bool:
+        layers, _ = self.layout(ngl)
+        return self.account(setup, layers, {}, ngl).fits_devices
+
+    def run(self, setups: Sequence[tuple[_Setup, Sequence[Finding]]], threads: int) -> DevicePlan:
+        """`setups`: the wish, then what the single-GPU ladder gives up (KV precision, micro-batch)."""
+        m = self.m
+        found: list[Finding] = []
+        chosen = None
+        tried = []
+        for candidate, given_up in setups:
+            tried.append(candidate)
+            found += given_up
+            if self.fits(candidate, self.top):
+                chosen = (candidate, self.top)
+                break
+        if chosen is None:
+            last = tried[-1]
+            ngl = next((n for n in range(self.top - 1, -1, -1) if self.fits(last, n)), None)
+            if ngl is None:
+                self.does_not_fit(last)
+            chosen = (last, ngl)
+            found.append(GaveUpLayers(ngl, m.n_layer_all))
+        setup, ngl = chosen
+        layers, counts = self.layout(ngl)
+        experts: dict[int, str] = {}
+        if m.is_moe and ngl == self.top:
+            experts = self.fill(setup, layers, ngl)
+        where = _place(m, layers, experts=experts if m.is_moe else None, ngl=ngl)
+        acc = _account(m, setup, where, self.devs, self.ram)
+        assert acc.fits_devices, "the search keeps to every device's budget"
+        load_mode, why = self.load_mode(where, acc)
+        found += why
+        params = self.params_for(setup, ngl, counts, experts, load_mode, threads)
+        exact = where_from_params(m, params, self.devs)
+        assert exact.devices == where.devices, "the flags express exactly the placement planned"
+        return DevicePlan(params, setup, exact, acc, tuple(found), experts)
+
+    def fill(self, setup: _Setup, layers: tuple[str, ...], ngl: int) -> dict[int, str]:
+        """Each device takes its own layers' experts from the back of its block while everything
+        fits; then the room left takes the CPU's remaining expert layers, last layers first."""
+        m, experts = self.m, {}
+        for d in self.devs:
+            own = [layer for layer in reversed(m.expert_layers) if layers[layer] == d.name]
+            for layer in own:
+                trial = {**experts, layer: d.name}
+                if not self.account(setup, layers, trial, ngl).fits_devices:
+                    break
+                experts = trial
+        for layer in reversed(m.expert_layers):
+            if layer in experts:
+                continue
+            acc = self.account(setup, layers, experts, ngl)
+            by_room = sorted(range(len(self.devs)), key=lambda i: -(acc.devices[i].free or 0))
+            for i in by_room:
+                trial = {**experts, layer: self.devs[i].name}
+                if self.account(setup, layers, trial, ngl).fits_devices:
+                    experts = trial
+                    break
+        return experts
+
+    def load_mode(self, where: _DWhere, acc: _DAccount) -> tuple[str, list[Finding]]:
+        if self.wishes.load_mode:
+            return self.wishes.load_mode, []
+        cpu_weights = any(d == CPU and not t.is_input for t, d in zip(self.m.tensors, where.devices))
+        if not cpu_weights:
+            return "mmap", []
+        if acc.cpu.fits:
+            return "none", [LoadIntoRam()]
+        return "mmap", [MmapRamShort(acc.cpu.total, acc.cpu.budget)]
+
+    def params_for(self, setup: _Setup, ngl: int, counts: list[int], experts: dict[int, str], load_mode: str,
+                   threads: int) -> LlamaParams:
+        from moecli.params import TensorOverride
+
+        overrides = []
+        for d in self.devs:
+            mine = [layer for layer, name in experts.items() if name == d.name]
+            if mine:
+                overrides.append(TensorOverride(expert_pattern(mine), d.buffer_type))
+        on_cpu = self.m.is_moe and any(layer not in experts for layer in self.m.expert_layers)
+        rpc = tuple(dict.fromkeys(d.endpoint for d in self.devs if d.endpoint))
+        return LlamaParams(
+            n_gpu_layers=ALL_LAYERS if ngl >= self.top else ngl, cpu_moe=on_cpu, tensor_overrides=tuple(overrides),
+            n_ctx=setup.n_ctx, n_batch=setup.n_batch, n_ubatch=setup.n_ubatch, type_k=setup.type_k,
+            type_v=setup.type_v, flash_attn=setup.flash_attn, load_mode=load_mode, n_threads=threads,
+            tensor_split=tuple(float(c) for c in counts), devices=tuple(d.name for d in self.devs), rpc_servers=rpc,
+        )
+
+    def does_not_fit(self, setup: _Setup):
+        layers, _ = self.layout(0)
+        acc = self.account(setup, layers, {}, 0)
+        over = [d for d in acc.devices[:-1] if not d.fits]
+        short = sum(d.total - (d.budget or 0) for d in over)
+        raise DoesNotFit(
+            f"{self.m.facts.name} does not fit these devices: even with every layer on the CPU "
+            + ", ".join(f"{d.device} needs {fmt_bytes(d.total)} of a {fmt_bytes(d.budget or 0)} budget" for d in over)
+            + f": short by {fmt_bytes(short)}",
+            "leave the small device out, or plan with --cpu-only",
+        )
+
+
+def evaluate_devices(m: _Model, setup: _Setup, params: LlamaParams, devs: Sequence[_Dev], ram: int) -> tuple[
+        _DWhere, _DAccount, list[Finding]]:
+    where = where_from_params(m, params, devs)
+    acc = _account(m, setup, where, devs, ram)
+    found: list[Finding] = [GpuOverBudget(d.device, d.total, d.budget) for d in acc.devices[:-1] if not d.fits]
+    return where, acc, found
+
+
+# ---------------------------------------------------------------------------------------------
+# describing and estimating
+
+
+def describe(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[Placement, tuple[TensorPlacement, ...]]:
+    rows = []
+    by_device: dict[str, tuple[list[int], list[int]]] = {d.name: ([], []) for d in devs}
+    expert_dev: dict[int, set[str]] = {}
+    other_cpu = []
+    for t, device in zip(m.tensors, where.devices):
+        rows.append(TensorPlacement(t.info.name, t.info.layer, t.info.role.value, t.info.ggml_type, t.info.n_bytes, device))
+        if t.kind and t.layer is not None and device is not None:
+            expert_dev.setdefault(t.layer, set()).add(device)
+        elif device == CPU and not t.is_input:
+            other_cpu.append(t.info.name)
+    if m.tied_output is not None and where.output() != CPU:
+        t = m.tied_output
+        rows.append(TensorPlacement(t.name, None, "output", t.ggml_type, t.n_bytes, where.output(), copy=True))
+    for layer in range(m.n_layer_all):
+        if where.layers[layer] in by_device:
+            by_device[where.layers[layer]][0].append(layer)
+    for layer, ds in expert_dev.items():
+        for d in ds:
+            if d in by_device:
+                by_device[d][1].append(layer)
+    on_gpu = tuple(layer for layer in range(m.n_layer_all) if where.layers[layer] != CPU)
+    gpu_exp = tuple(sorted(layer for layer, ds in expert_dev.items() if CPU not in ds))
+    cpu_exp = tuple(sorted(layer for layer, ds in expert_dev.items() if ds == {CPU}))
+    placement = Placement(
+        n_layer=m.n_layer_all, gpu_layers=on_gpu, output_on_gpu=where.output() != CPU, expert_layers=m.expert_layers,
+        expert_layers_gpu=gpu_exp, expert_layers_cpu=cpu_exp, partial_layer=None, partial_gpu=(), partial_cpu=(),
+        other_cpu=tuple(other_cpu),
+        by_device=tuple((name, tuple(ls), tuple(sorted(es))) for name, (ls, es) in by_device.items()),
+    )
+    return placement, tuple(rows)
+
+
+def decode(m: _Model, where: _DWhere, machine: MachineFacts, devs: Sequence[_Dev], copied: int) -> DecodeEstimate:
+    """The bytes each token reads on each device over its bandwidth, plus the activations that
+    cross from device to device: each crossing moves one row of n_embd f32 (and the router's
+    choice) over the links between the two devices and the host, at their latency."""
+    f = m.facts
+    by = {d.name: d for d in devs}
+    per = dict.fromkeys([*by, CPU], 0)
+    share = f.n_expert_used / f.n_expert if f.n_expert else 1.0
+    for t, device in zip(m.tensors, where.devices):
+        if device is None:
+            continue
+        if t.kind:
+            per[device] += int(t.info.n_bytes * share)
+        elif t.is_input:
+            per[device] += t.info.n_bytes // max(1, t.info.shape[-1])
+        else:
+            per[device] += t.info.n_bytes
+    if copied:
+        per[where.output()] += copied
+    for layer, size in m.recurrent_per_layer:
+        per[where.layers[layer]] += 2 * size
+    # the path of one token: the embedding on the CPU, each layer's own device, its experts' device
+    # when elsewhere (and back), the output's device, the logits back to the host
+    expert_dev: dict[int, str] = {}
+    for t, device in zip(m.tensors, where.devices):
+        if t.kind and t.layer is not None and device is not None:
+            expert_dev.setdefault(t.layer, device)
+    path = [CPU]
+    for layer in range(m.n_layer_all):
+        path.append(where.layers[layer])
+        if layer in expert_dev and expert_dev[layer] != where.layers[layer]:
+            path += [expert_dev[layer], where.layers[layer]]
+    path += [where.output(), CPU]
+    row = (f.n_embd + f.n_expert) * 4
+
+    def hop(device: str) -> float:
+        d = by.get(device)
+        return 0.0 if d is None else d.link_latency + row / d.link_bandwidth
+
+    crossings = [(a, b) for a, b in zip(path, path[1:]) if a != b]
+    link_seconds = sum(hop(a) + hop(b) for a, b in crossings)
+    bandwidth = {**{n: d.bandwidth for n, d in by.items()}, CPU: machine.ram_bandwidth}
+    used = [d for d in [*by, CPU] if per[d]]
+    bytes_out = tuple((d, per[d]) for d in used)
+    bw_out = tuple((d, bandwidth[d]) for d in used)
+    missing = [d for d in used if not bandwidth[d]]
+    if missing:
+        return DecodeEstimate(None, None, None, bytes_out, bw_out,
+                              f"no estimate: the memory bandwidth of {', '.join(missing)} is unknown "
+                              "(give a machine profile, or let moecli probe this machine)")
+    seconds = sum(per[d] / bandwidth[d] for d in used) + link_seconds
+    bound = 1.0 / seconds if seconds > 0 else None
+    parts = ", ".join(f"{fmt_bytes(per[d])} from {d} at {bandwidth[d] / 1e9:.0f} GB/s" for d in used)
+    basis = (f"estimate: each token reads {parts} (routed experts: {f.n_expert_used} of {f.n_expert}; recurrent "
+             f"state read and written), and crosses between devices {len(crossings)} times "
+             f"({link_seconds * 1e3:.2f} ms per token over the links: "
+             + ", ".join(f"{d.name} {d.link_bandwidth / 1e9:g} GB/s, {d.link_latency * 1e6:.0f} us" for d in devs)
+             + f"); bound {bound:.0f} tok/s; real systems reach {EFFICIENCY[0]:.0%}-{EFFICIENCY[1]:.0%} of such a bound"
+             if bound else "estimate: nothing to read")
+    return DecodeEstimate(bound, bound * EFFICIENCY[0] if bound else None, bound * EFFICIENCY[1] if bound else None,
+                          bytes_out, bw_out, basis)

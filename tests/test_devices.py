@@ -1,0 +1,199 @@
+"""Plans over several devices (two GPUs; RPC workers): every device within its budget, the weights
+adding up to the file, experts on every card in proportion to its room, and the printed llama.cpp
+command placing exactly what the plan says, re-derived here from the command's words with
+llama.cpp's own rules (src/llama-model.cpp load_tensors, in float32 as it computes them)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+import numpy as np
+import pytest
+from modelfacts import qwen36_35b_a3b
+
+from moecli import machine as machine_mod
+from moecli import planner
+from moecli.errors import BadInput
+from moecli.facts import MachineFacts, Role
+from moecli.params import EXPS_REGEX
+from moecli.planner import Wishes, evaluate, plan
+from moecli.render import finding_text, llama_command, placement_lines
+from moecli.units import GiB
+
+QWEN = qwen36_35b_a3b()
+HOST = MachineFacts((), 32 * GiB, 29 * GiB, 8, 51.2e9, source="test host")
+INPUTS = ("token_embd",)
+
+
+def llama_cpp_placement(command: str, model, machine: MachineFacts) -> dict[str, str]:
+    """Each loaded tensor's device for a llama-server command, by llama.cpp's rules, written out
+    here apart from the planner: -dev order (default: RPC devices, then GPUs), -ts split points in
+    float32, i_gpu_start = n_layer + 1 - ngl, upper_bound, -ot first match (explicit, then
+    --cpu-moe), the input layer on the CPU."""
+    words = shlex.split(command)
+
+    def value(*flags):
+        return next((words[i + 1] for i, w in enumerate(words) if w in flags), None)
+
+    default_order = [f"RPC{d.index}" for d in machine.rpc] + [f"CUDA{g.index}" for g in machine.gpus]
+    order = value("-dev").split(",") if value("-dev") else default_order
+    buft_to_device = {"CPU": "CPU", **{f"CUDA{g.index}": f"CUDA{g.index}" for g in machine.gpus},
+                      **{f"RPC{d.device}[{d.endpoint}]": f"RPC{d.index}" for d in machine.rpc}}
+    n = model.n_layer  # no MTP layers in this model: n_layer_all
+    ngl_text = value("-ngl", "--n-gpu-layers")
+    ngl = n + 1 if ngl_text in ("all", "-1") else int(ngl_text)
+    ts = [np.float32(x) for x in value("-ts").split(",")]
+    splits, total = [], np.float32(0)
+    for w in ts:
+        total = np.float32(total + w)
+        splits.append(total)
+    splits = [np.float32(s / total) for s in splits]
+    start, act = max(n + 1 - ngl, 0), min(ngl, n + 1)
+
+    def layer_device(il: int) -> str:
+        if il < start or il - start >= act:
+            return "CPU"
+        x = np.float32(np.float32(il - start) / np.float32(act))
+        return order[next(i for i, s in enumerate(splits) if s > x)]
+
+    overrides = []
+    if value("-ot"):
+        for item in value("-ot").split(","):
+            pattern, _, buft = item.rpartition("=")
+            overrides.append((re.compile(pattern), buft_to_device[buft]))
+    if "--cpu-moe" in words:
+        overrides.append((re.compile(EXPS_REGEX), "CPU"))
+    out = {}
+    for t in model.tensors:
+        hit = next((d for p, d in overrides if p.search(t.name)), None)
+        if hit:
+            out[t.name] = hit
+        elif t.name.split(".")[0] in INPUTS:
+            out[t.name] = "CPU"
+        else:
+            out[t.name] = layer_device(n if t.layer is None else t.layer)
+    return out
+
+
+def check_several(p: planner.Plan, machine: MachineFacts, names: list[str]) -> None:
+    assert p.fits
+    assert [d.device for d in p.devices] == [*names, "CPU"]
+    for d in p.devices:
+        assert d.total <= d.budget, d.device
+    assert p.weights_add_up() and sum(d.weights for d in p.devices) == QWEN.n_bytes + p.copied_bytes
+    for d in p.devices:
+        assert sum(t.n_bytes for t in p.tensors if t.device == d.device) == d.weights, d.device
+    derived = llama_cpp_placement(llama_command(p, "m.gguf"), QWEN, machine)
+    assert {t.name: t.device for t in p.tensors if not t.copy} == derived
+    again = evaluate(QWEN, machine, p.params, Wishes())
+    assert again.tensors == p.tensors and again.devices == p.devices
+
+
+def expert_bytes(p: planner.Plan, device: str) -> int:
+    return sum(t.n_bytes for t in p.tensors if t.role == Role.EXPERT.value and t.device == device)
+
+
+@pytest.mark.parametrize("how", ["--vram 6GiB,8GiB", "profile 2x-rtx3060-12gb", "profile rtx3060-12gb+gtx1060-6gb"])
+def test_two_gpus(how):
+    if how.startswith("--vram"):
+        machine = machine_mod.apply_overrides(HOST, vram="6GiB,8GiB")
+    else:
+        machine = machine_mod.load_profile(how.split()[1], host=HOST)
+    p = plan(QWEN, machine)
+    check_several(p, machine, ["CUDA0", "CUDA1"])
+    args = p.params.to_llama_args()
+    assert args[args.index("-dev") + 1] == "CUDA0,CUDA1" and "-ts" in args
+    # experts on both cards, in proportion to each card's room (budget beyond runtime and non-experts)
+    cards = p.devices[:2]
+    room = [d.budget - (d.total - expert_bytes(p, d.device)) for d in cards]
+    share = [expert_bytes(p, d.device) for d in cards]
+    assert all(share)
+    one_layer = max(sum(t.n_bytes for t in p.tensors if t.role == Role.EXPERT.value and t.layer == i) for i in range(40))
+    left = expert_bytes(p, "CPU")
+    for r, s in zip(room, share):
+        assert s <= r and (not left or s >= r - one_layer)  # filled to within one expert layer, or nothing left
+    lines = placement_lines(p.placement)
+    assert any(line.startswith("CUDA0: layers") for line in lines) and any(line.startswith("CUDA1: layers") for line in lines)
+    assert "crosses between devices" in p.decode.basis or p.decode.bound is None
+
+
+def test_two_identical_cards_hold_the_whole_model_with_a_speed_estimate():
+    machine = machine_mod.load_profile("2x-rtx3060-12gb", host=HOST)
+    p = plan(QWEN, machine)
+    assert not p.params.cpu_moe and all(t.device != "CPU" for t in p.tensors if t.role == Role.EXPERT.value)
+    assert p.decode.bound and "15.75 GB/s" in p.decode.basis and "crosses between devices" in p.decode.basis
+
+
+SMALL = MachineFacts((), 8 * GiB, 7 * GiB, 4, 40e9, source="small box")
+
+
+def test_a_model_larger_than_the_machine_says_what_is_missing_and_that_rpc_workers_can_give_it():
+    machine = machine_mod.apply_overrides(SMALL, vram="6GiB")
+    p = plan(QWEN, machine)
+    assert not p.fits
+    advice = next(f for f in p.findings if f.code == "rpc_would_fit")
+    assert advice.missing == p.cpu.total - p.cpu.budget > 0
+    text = finding_text(advice)
+    assert "--rpc HOST:PORT" in text and "moecli rpc-server" in text and "--rpc-mem" in text
+
+
+def test_with_an_rpc_worker_not_started_yet_it_fits_and_says_what_goes_where():
+    base = machine_mod.apply_overrides(SMALL, vram="6GiB")
+    machine = machine_mod.with_rpc(base, machine_mod.rpc_devices(machine_mod.parse_endpoints("10.0.0.2:50052"), "32GiB"))
+    p = plan(QWEN, machine)
+    check_several(p, machine, ["RPC0", "CUDA0"])
+    assert expert_bytes(p, "RPC0") and expert_bytes(p, "CUDA0")
+    args = p.params.to_llama_args()
+    assert args[args.index("--rpc") + 1] == "10.0.0.2:50052"
+    assert any("=RPC0[10.0.0.2:50052]" in o for o in args[args.index("-ot") + 1].split(","))
+    assert any(line.startswith("RPC0: layers") for line in placement_lines(p.placement))
+    assert "RPC0 10.0.0.2:50052" in machine.source
+
+
+def test_cpu_only_machine_with_two_workers_uses_both():
+    workers = machine_mod.rpc_devices(machine_mod.parse_endpoints("127.0.0.1:50052,127.0.0.1:50053"), "12GiB")
+    machine = machine_mod.with_rpc(machine_mod.apply_overrides(SMALL, cpu_only=True), workers)
+    p = plan(QWEN, machine)
+    check_several(p, machine, ["RPC0", "RPC1"])
+    assert p.decode.bound  # loopback workers read this machine's RAM
+
+
+def test_rpc_and_vram_options_are_checked():
+    with pytest.raises(BadInput):
+        machine_mod.parse_endpoints("nohost")
+    with pytest.raises(BadInput):
+        machine_mod.parse_endpoints("a:1,a:1")
+    with pytest.raises(BadInput):
+        machine_mod.rpc_devices(("a:1", "b:2"), "1GiB,2GiB,3GiB")
+    with pytest.raises(BadInput, match="how much memory"):
+        machine_mod.rpc_devices(("a:1",))
+    two = machine_mod.rpc_devices(("a:1", "b:2"), "1GiB,2GiB")
+    assert [(d.name_llama, d.buffer_type, d.free_bytes) for d in two] == [("RPC0", "RPC0[a:1]", GiB),
+                                                                        ("RPC1", "RPC0[b:2]", 2 * GiB)]
+    m = machine_mod.apply_overrides(HOST, vram="6GiB,8GiB")
+    assert [g.total_bytes for g in m.gpus] == [6 * GiB, 8 * GiB] and [g.index for g in m.gpus] == [0, 1]
+
+
+def test_rpc_server_binds_loopback_unless_told_and_then_warns():
+    from moecli import app
+
+    assert not app.rpc_exposed("127.0.0.1") and not app.rpc_exposed("localhost")
+    assert app.rpc_exposed("0.0.0.0") and app.rpc_exposed("192.168.1.20")
+    with pytest.raises(BadInput, match="cannot report less") as refused:
+        app.serve_rpc("127.0.0.1", 50052, mem="8GiB")
+    assert "--rpc-mem 8GiB" in refused.value.hint
+    with pytest.raises(BadInput, match="--rpc-mem without --rpc"):
+        app.Request.from_options(rpc_mem="8GiB")
+    with pytest.raises(BadInput, match="HOST:PORT"):
+        app.Request.from_options(rpc="127.0.0.1")
+
+
+def test_plan_command_for_two_gpus_and_a_worker_not_started(tmp_path):
+    from cliutil import invoke
+
+    ran = invoke("plan", "demo", "--vram", "2GiB,3GiB", "--rpc", "10.0.0.2:50052", "--rpc-mem", "4GiB", "--llama-args")
+    assert ran.code == 0, ran.output
+    words = shlex.split(ran.stdout)
+    assert words[words.index("-dev") + 1] == "RPC0,CUDA0,CUDA1" and words[words.index("--rpc") + 1] == "10.0.0.2:50052"
+    assert len(words[words.index("-ts") + 1].split(",")) == 3
