@@ -20,6 +20,10 @@
 #   machine's own libcublas.so.13 is used (its image has CUDA 13 and the nvidia-cublas package).
 # - libcuda.so: a stub with the driver's soname made here (no driver on this machine); the
 #   executables link with --allow-shlib-undefined and find the real driver on the GPU machine.
+#   Shared libraries link with --no-as-needed: this gcc passes --as-needed by default (its specs),
+#   which would drop the symbol-less stub from libggml-cuda's NEEDED list, and ggml-cuda calls the
+#   driver directly (its VMM pool: cuMemCreate, cuMemMap, ...): without libcuda.so.1 in NEEDED
+#   those calls would not resolve on the GPU machine. Checked after the build.
 #
 # Environment: NVCC (default: nvcc on PATH), JOBS (default: all cores), CUBLAS_WHEEL (a
 # downloaded nvidia_cublas-13.0.*.whl to skip the download), PYTHON (for pip, default python3).
@@ -77,7 +81,8 @@ flags=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DCMAKE_BUILD_
        "-DCMAKE_CUDA_COMPILER=$real_nvcc" "-DCUDAToolkit_ROOT=$cuda_root"
        "-DCUDA_cublas_LIBRARY=$cublas/lib/libcublas.so" "-DCUDA_cublasLt_LIBRARY=$cublas/lib/libcublasLt.so"
        "-DCUDA_cuda_driver_LIBRARY=$stub/libcuda.so" "-DCMAKE_CUDA_FLAGS=-I$cublas/include"
-       "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined -Wl,-rpath-link,$cublas/lib:$stub")
+       "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined -Wl,-rpath-link,$cublas/lib:$stub"
+       "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--no-as-needed")
 mkdir -p "$bld"
 log=$bld/build.log
 began=$(date +%s)
@@ -87,6 +92,14 @@ cmake --build "$bld" -j "$jobs" --target llama-bench llama-fit-params llama ggml
   || { tail -40 "$log" >&2; exit 1; }
 built=$(date +%s)
 echo "build_cuda: configure $(( configured - began )) s, build $(( built - configured )) s with -j $jobs" >&2
+
+# --- what the GPU machine's loader will need --------------------------------------------------------
+cudalib=$(ls "$bld"/bin/libggml-cuda.so.*.* | head -1)
+needed=$(readelf -d "$cudalib" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | tr '\n' ' ')
+for lib in libcuda.so.1 libcudart.so.13 libcublas.so.13; do
+  case " $needed " in *" $lib "*) ;; *) echo "build_cuda: $cudalib does not need $lib ($needed)" >&2; exit 1 ;; esac
+done
+readelf -S "$cudalib" | grep -q nv_fatbin || { echo "build_cuda: no GPU code (.nv_fatbin) in $cudalib" >&2; exit 1; }
 
 # --- pack -----------------------------------------------------------------------------------------------
 stage=$cache/prebuilt

@@ -86,7 +86,7 @@ fi
 {
   echo "llama-cpp-python $version (vendored llama.cpp $commit)"
   echo "prepared $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
-  (cd "$carry" && find lcp.tgz wheels prebuilt.tar.xz -type f 2>/dev/null | sort | xargs sha256sum)
+  (cd "$carry" && find lcp.tgz wheels $([ -f prebuilt.tar.xz ] && echo prebuilt.tar.xz) -type f | sort | xargs sha256sum)
 } > "$carry/MANIFEST"
 
 carry_bytes=$(du -sb "$carry" | cut -f1)

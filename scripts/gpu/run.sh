@@ -21,10 +21,11 @@
 # CUDA=auto|1|0 (default auto: on where nvidia-smi sees a GPU), PREBUILT=auto|0 (0: build here even
 # when a carried build is there), REPS (default 3).
 set -euo pipefail
-repo=$(cd "$(dirname "$0")/../.." && pwd)
+repo=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}  # start.sh runs a copy of this file from $WORK
 work=${WORK:-/tmp/moecli-gpu}
 mode=${MODE:-full}
 budget_s=${RUN_BUDGET_S:-700}
+[ "$mode" = cpu-smoke ] && budget_s=${RUN_BUDGET_S:-7200}  # no lease: the CPU build alone takes ~10 min on 2 cores
 py=${PYTHON:-python3}
 jobs=${JOBS:-$(nproc)}
 reps=${REPS:-3}
@@ -47,7 +48,7 @@ rm -rf "$work/src"
 mkdir -p "$work/src"
 cp -a "$repo/moecli" "$repo/configs" "$repo/scripts" "$repo/pyproject.toml" "$work/src/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
-stamp=$(sha256sum "$repo/.carry/MANIFEST" | cut -c1-16)
+stamp=$(grep -v "^prepared " "$repo/.carry/MANIFEST" | sha256sum | cut -c1-16)  # what was carried, not when
 step_done
 
 # --- the machine --------------------------------------------------------------------------------
@@ -76,7 +77,33 @@ if [ "$(cat "$site/.stamp" 2>/dev/null)" != "$stamp" ]; then
 fi
 step_done
 
-# --- 3. llama.cpp -------------------------------------------------------------------------------
+# --- 3. the model, written in the background while llama.cpp is unpacked or built -----------------
+model=
+model_pid=
+if [ "$mode" != cpu-smoke ]; then
+  name=qwen3.6-35b-a3b-q4km-random.gguf
+  need=$(( 22 * 1024 * 1024 * 1024 ))  # 19.7 GiB and room to spare
+  dirs=(${MODEL_DIR:-} /dev/shm "$work" /root /var/tmp)
+  for dir in "${dirs[@]}"; do  # an earlier run's file first
+    [ -f "$dir/$name" ] && { model=$dir/$name; break; }
+  done
+  if [ -z "$model" ]; then
+    for dir in "${dirs[@]}"; do
+      mkdir -p "$dir" 2> /dev/null || continue
+      if [ "$(df --output=avail -B1 "$dir" | tail -1)" -gt "$need" ]; then model=$dir/$name; break; fi
+    done
+    [ -n "$model" ] || { echo "no folder with 22 GiB free for the model" >&2; df -h >&2; exit 1; }
+    log "writing the model to $model (in the background)"
+    model_started=$(date +%s)
+    # random weights, not zeros or holes: a zero router gives every token the same experts, which
+    # makes batched expert matmuls unrealistically dense (scripts/gpu/README.md, "the model")
+    PYTHONPATH=$work/src:$site "$py" "$work/src/scripts/make_model.py" --preset qwen3.6-35b-a3b --quant Q4_K_M \
+      --fill random "$model" > "$out/model.log" 2>&1 &
+    model_pid=$!
+  fi
+fi
+
+# --- 4. llama.cpp -------------------------------------------------------------------------------
 lcp=$work/lcp
 if [ "$(cat "$lcp/.stamp" 2>/dev/null)" != "$stamp" ]; then
   rm -rf "$lcp"
@@ -169,35 +196,6 @@ check_offload() {
 check_offload || { echo "the CUDA build does not offload" >&2; exit 1; }
 "$py" -m moecli --version
 
-# --- 4. the model -------------------------------------------------------------------------------
-args=(--llama-bench "$bin/llama-bench" --fit-params "$bin/llama-fit-params" --out "$out" --reps "$reps"
-      --deadline "$(( started + budget_s ))" --deadline-file "$work/deadline")
-if [ "$mode" = cpu-smoke ]; then
-  args+=(--cpu-smoke)
-else
-  step "write the full-size model"
-  name=qwen3.6-35b-a3b-q4km-random.gguf
-  need=$(( 22 * 1024 * 1024 * 1024 ))  # 19.7 GiB and room to spare
-  model=
-  dirs=(${MODEL_DIR:-} /dev/shm "$work" /root /var/tmp)
-  for dir in "${dirs[@]}"; do  # an earlier run's file first
-    [ -f "$dir/$name" ] && { model=$dir/$name; break; }
-  done
-  if [ -z "$model" ]; then
-    for dir in "${dirs[@]}"; do
-      mkdir -p "$dir" 2> /dev/null || continue
-      if [ "$(df --output=avail -B1 "$dir" | tail -1)" -gt "$need" ]; then model=$dir/$name; break; fi
-    done
-    [ -n "$model" ] || { echo "no folder with 22 GiB free for the model" >&2; df -h >&2; exit 1; }
-    # random weights, not zeros or holes: a zero router gives every token the same experts, which
-    # makes batched expert matmuls unrealistically dense (compare.py's docstring)
-    "$py" "$work/src/scripts/make_model.py" --preset qwen3.6-35b-a3b --quant Q4_K_M --fill random "$model"
-  fi
-  args+=(--model "$model")
-  [ "$mode" = quick ] && args+=(--quick)
-  step_done "$model"
-fi
-
 if [ -n "$cpu_pid" ]; then
   step "the CPU backend for this CPU"
   if wait "$cpu_pid" && cp -a "$work/build-cpu/bin/libggml-cpu.so"* "$pre/lib/" && link_libs && check_offload \
@@ -208,6 +206,21 @@ if [ -n "$cpu_pid" ]; then
     cp -a "$pre"/libggml-cpu.so.0.* "$pre/lib/" && link_libs
     step_done "portable (x86-64-v3)"
   fi
+fi
+
+args=(--llama-bench "$bin/llama-bench" --fit-params "$bin/llama-fit-params" --out "$out" --reps "$reps"
+      --deadline "$(( started + budget_s ))" --deadline-file "$work/deadline")
+if [ "$mode" = cpu-smoke ]; then
+  args+=(--cpu-smoke)
+else
+  if [ -n "$model_pid" ]; then
+    step "the model (written since +$(( model_started - started )) s)"
+    wait "$model_pid" || { tail -5 "$out/model.log" >&2; rm -f "$model"; exit 1; }
+    tail -c 300 "$out/model.log" | tr '\r' '\n' | tail -1
+    step_done "$model, $(( $(date +%s) - model_started )) s in all"
+  fi
+  args+=(--model "$model")
+  [ "$mode" = quick ] && args+=(--quick)
 fi
 
 # --- 5. the comparison ---------------------------------------------------------------------------
