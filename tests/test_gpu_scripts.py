@@ -183,3 +183,21 @@ def test_a_run_out_of_time_lists_what_it_did_not_measure(full_size_model, tmp_pa
     # a run cut off mid-way (the machine went back) still says what was running and what was queued
     cut = {"runs": [], "running": {"id": "c4096-t16-plan"}, "pending": [{"id": "x", "priority": 2, "estimate_s": 22.0}]}
     assert report.not_measured(cut) == ["c4096-t16-plan (cut off while running)", "x (p2: not reached, ~22 s)"]
+
+
+def test_fatbin_headers_name_the_gpu_code():
+    """check_prebuilt.sh's sm_90 check reads the fat binary's headers (the layout nvcc 13.0 wrote
+    for a library built for sm_80 + sm_90 + PTX 90 here)."""
+    import struct
+
+    fatbin = _load("fatbin")
+
+    def entry(kind: int, sm: int, payload: bytes) -> bytes:
+        head = struct.pack("<HHIQ", kind, 0x101, 64, len(payload)) + struct.pack("<IIII", 0, 0, 0, sm)
+        return head + bytes(64 - len(head)) + payload
+
+    body = entry(2, 90, b"\x00" * 40) + entry(1, 90, b"ptx!") + entry(2, 80, b"")
+    blob = b"junk" + struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(body)) + body + b"more" * 3
+    assert fatbin.images(blob) == [("ELF", 90), ("PTX", 90), ("ELF", 80)]
+    assert fatbin.images(blob * 2) == fatbin.images(blob) * 2  # one fat binary per object, linked together
+    assert fatbin.images(b"no GPU code here") == []

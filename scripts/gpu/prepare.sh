@@ -4,8 +4,9 @@
 #   .carry/lcp.tgz           llama-cpp-python's sdist at the version pyproject.toml pins, stripped to
 #                            what one CMake build of llama.cpp + the Python binding needs (~5 MB)
 #   .carry/wheels/           the Python 3.12 wheels listed in scripts/gpu/wheels.txt
-#   .carry/prebuilt.tar.xz   llama.cpp built here with CUDA 13 for sm_90 (scripts/gpu/build_cuda.sh):
-#                            saves the GPU machine its ~5-6 minute build; PREBUILT=0 leaves it out
+#   .carry/prebuilt.tar.xz   llama.cpp built here with CUDA 13 for sm_90 (scripts/gpu/build_cuda.sh,
+#                            checked by scripts/gpu/check_prebuilt.sh): saves the GPU machine its
+#                            ~5-6 minute build; PREBUILT=0 leaves it out
 #   .carry/MANIFEST          versions, the vendored llama.cpp commit, sizes and sha256 of the above
 #
 #   scripts/gpu/prepare.sh                 (LCP_SDIST=/path/to/sdist.tar.gz to skip the download)
@@ -77,6 +78,7 @@ if [ "${PREBUILT:-1}" = 0 ]; then
   echo "prepare: PREBUILT=0: no carried build; the GPU machine builds llama.cpp itself (~5-6 min)" >&2
 elif [ -n "${NVCC:-}" ] || command -v nvcc > /dev/null; then
   PYTHON=$py bash "$root/scripts/gpu/build_cuda.sh"
+  PYTHON=$py bash "$root/scripts/gpu/check_prebuilt.sh"  # what a CPU machine can check of it
 else
   rm -f "$carry/prebuilt.tar.xz"
   echo "prepare: no nvcc here (NVCC=...): no carried build; the GPU machine builds llama.cpp itself" >&2
