@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The comparison of issue 5 on a GPU machine: moecli's plan for a small card against llama.cpp's
+"""The comparison of issues 5 and 9 on a GPU machine: moecli's plan for a small card against llama.cpp's
 own ways of fitting the same model to it, measured on one machine in one session.
 
 At a VRAM budget (6 GiB), for each context (4096, 32768) and thread count (16, and 4 pinned with
@@ -21,11 +21,14 @@ bandwidth at 1, 4 and 16 threads for the decode bound. Peak GPU memory is sample
 llama-bench sizes its context to prompt + generation (640 tokens), so its peaks are at that
 context; moecli bench runs allocate the real context.
 
-Runs go in priority order and are skipped when the deadline would be passed; results.json and
-results.md are rewritten after every run, so a cut-off session still has what was measured.
+Runs go in priority order (run_priority: memory truth first, then the 6 GiB comparison at the
+first context and the most threads, then fewer threads, the second context, the ceiling) and are
+skipped when the deadline would be passed (--deadline, or a later one poll.sh writes into
+--deadline-file); results.json and results.md are rewritten before and after every run, with
+what is still queued, so a cut-off session still has what was measured and what was not.
 
     python scripts/gpu/compare.py --model M.gguf --llama-bench B --fit-params F --out DIR
-        [--quick] [--reps 3] [--deadline EPOCH] [--dry-run [--profile h100-80gb]]
+        [--quick] [--reps 3] [--deadline EPOCH] [--deadline-file F] [--dry-run [--profile h100-80gb]]
     python scripts/gpu/compare.py --cpu-smoke --llama-bench B --fit-params F --out DIR
         (the same code path on a CPU: the demo model, CPU-only configurations, no GPU memory)
 """
@@ -651,8 +654,6 @@ class Campaign:
             self.add(Run(f"{group}-naive", prio("naive"), group, "naive", f"naive layer split -ngl {ngl}", "llama-bench",
                          ctx, t, LlamaParams(n_gpu_layers=ngl, n_ctx=ctx), None, "auto"))
             for sweep_mode in (mode, other):
-                if quick and sweep_mode != mode and index > 0:
-                    continue
                 edge = self.sweep_edge(ctx, sweep_mode)
                 for n in (edge - 1, edge, edge + 1):
                     if 0 <= n <= self.facts.n_layer:
@@ -842,8 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=list(CONTEXTS))
     ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=None,
                     help="thread counts (default 16,4; with --cpu-smoke: all cores, 1)")
-    ap.add_argument("--quick", action="store_true", help="only the first priority: the first context at the most "
-                    "threads, the sweep in the plan's load mode, and the memory runs at that context")
+    ap.add_argument("--quick", action="store_true", help="only priorities 1-2: the memory runs and the 6 GiB "
+                    "comparison at the first context and the most threads")
     ap.add_argument("--deadline", type=float, default=None, help="epoch seconds: skip runs that would end later")
     ap.add_argument("--deadline-file", help="a file holding a later or earlier deadline (epoch seconds), read "
                     "before each run; poll.sh writes it (RUN_END_IN)")

@@ -83,7 +83,12 @@ model_pid=
 if [ "$mode" != cpu-smoke ]; then
   name=qwen3.6-35b-a3b-q4km-random.gguf
   need=$(( 22 * 1024 * 1024 * 1024 ))  # 19.7 GiB and room to spare
-  dirs=(${MODEL_DIR:-} /dev/shm "$work" /root /var/tmp)
+  # /dev/shm (memory: nothing written back or fsynced) only with RAM to spare: the file counts
+  # against MemAvailable there, which moecli plan reads to choose -lm none (15 GiB of experts in RAM)
+  avail_kib=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+  shm=
+  [ "${avail_kib:-0}" -gt $(( 80 * 1024 * 1024 )) ] && shm=/dev/shm
+  dirs=(${MODEL_DIR:-} $shm "$work" /root /var/tmp)
   for dir in "${dirs[@]}"; do  # an earlier run's file first
     [ -f "$dir/$name" ] && { model=$dir/$name; break; }
   done
