@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build, HERE (a CPU machine with nvcc 13), the CUDA build of the vendored llama.cpp that the lent
-# GPU machine would otherwise compile for ~5-6 minutes of its time, and pack it for the call's carry:
+# GPU machine would otherwise compile in its lease (275-357 s in the H100 runs described in
+# moecli/planner/__init__.py), and pack it for the call's carry:
 #
 #   .carry/prebuilt.tar.xz   bin/llama-bench, bin/llama-fit-params, lib/ (libggml*, libllama,
 #                            libcudart.so.13) and BUILDINFO (flags, commit, compiler, sha256s)
@@ -10,8 +11,9 @@
 # What it is built for and with:
 # - sm_90 only (`-DCMAKE_CUDA_ARCHITECTURES=90-real`): the H100/H200's compute capability 9.0;
 #   no PTX is embedded, so the library is about half the size and no other card can run it.
-# - ggml-cuda's defaults otherwise (FlashAttention kernels on, only the default KV-type pairs:
-#   GGML_CUDA_FA_ALL_QUANTS=OFF, ggml/CMakeLists.txt), NCCL off (one GPU).
+# - ggml-cuda's defaults otherwise: FlashAttention kernels on, the vector kernels for the default
+#   KV-type pairs only (GGML_CUDA_FA_QUANTS, ggml/CMakeLists.txt; GGML_CUDA_FA_ALL_QUANTS is
+#   deprecated there and stays OFF); NCCL off (one GPU).
 # - The CPU backend for x86-64-v3 (AVX2, FMA, F16C, BMI2), not for this machine's CPU: run.sh
 #   rebuilds libggml-cpu.so natively on the GPU machine (GGML_NATIVE, as the H100 runs were built)
 #   and keeps this one only if that fails.

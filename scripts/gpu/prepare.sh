@@ -6,7 +6,7 @@
 #   .carry/wheels/           the Python 3.12 wheels listed in scripts/gpu/wheels.txt
 #   .carry/prebuilt.tar.xz   llama.cpp built here with CUDA 13 for sm_90 (scripts/gpu/build_cuda.sh,
 #                            checked by scripts/gpu/check_prebuilt.sh): saves the GPU machine its
-#                            ~5-6 minute build; PREBUILT=0 leaves it out
+#                            build (275-357 s in the H100 runs); PREBUILT=0 leaves it out
 #   .carry/MANIFEST          versions, the vendored llama.cpp commit, sizes and sha256 of the above
 #
 #   scripts/gpu/prepare.sh                 (LCP_SDIST=/path/to/sdist.tar.gz to skip the download)
@@ -75,7 +75,7 @@ got=$(find "$carry/wheels" -name '*.whl' | wc -l)
 # --- the CUDA build ----------------------------------------------------------------------------------
 if [ "${PREBUILT:-1}" = 0 ]; then
   rm -f "$carry/prebuilt.tar.xz"
-  echo "prepare: PREBUILT=0: no carried build; the GPU machine builds llama.cpp itself (~5-6 min)" >&2
+  echo "prepare: PREBUILT=0: no carried build; the GPU machine builds llama.cpp itself (275-357 s in the H100 runs)" >&2
 elif [ -n "${NVCC:-}" ] || command -v nvcc > /dev/null; then
   PYTHON=$py bash "$root/scripts/gpu/build_cuda.sh"
   PYTHON=$py bash "$root/scripts/gpu/check_prebuilt.sh"  # what a CPU machine can check of it

@@ -6,26 +6,28 @@
 #
 #   1. a snapshot of the project (moecli, configs, scripts) outside the synced working tree
 #   2. the carried wheels installed into a target folder (--no-index: nothing is downloaded)
-#   3. llama.cpp with CUDA: the build carried in .carry/prebuilt.tar.xz (scripts/gpu/build_cuda.sh,
+#   3. in the background from here on: the full-size random-weight Qwen3.6-35B-A3B Q4_K_M GGUF
+#      (scripts/make_model.py, 19.7 GiB), in /dev/shm when RAM allows (nothing to fsync), else on disk
+#   4. llama.cpp with CUDA: the build carried in .carry/prebuilt.tar.xz (scripts/gpu/build_cuda.sh,
 #      made on the CPU machine for sm_90 / CUDA 13) when it is there and sees the GPU, with the
-#      CPU backend rebuilt here for this CPU (GGML_NATIVE, ~30-40 s, beside step 4); else one
-#      CMake build of the vendored llama.cpp for the card found (~5-6 min: the device route)
-#   4. the full-size random-weight Qwen3.6-35B-A3B Q4_K_M GGUF (scripts/make_model.py, 19.7 GiB),
-#      in /dev/shm when it has room (no disk write-back, nothing to fsync), else on disk
+#      CPU backend rebuilt here for this CPU (GGML_NATIVE, beside the model; an estimated 30-40 s
+#      with 16 cores); else one CMake build of the vendored llama.cpp for the card found (the device
+#      route: 275-357 s in the H100 runs (moecli/planner/__init__.py))
 #   5. scripts/gpu/compare.py: the runs, results.json and results.md
 #
 # Environment: MODE=full|quick|cpu-smoke (default full); RUN_BUDGET_S (seconds from the start by
 # which the last run must have ended, default 700: the device tool gives a session 15 minutes in
 # all, machine start included; poll.sh's RUN_END_IN moves it once the lease's end is known);
 # WORK (default /tmp/moecli-gpu), PYTHON (default python3), JOBS (default: all cores),
-# CUDA=auto|1|0 (default auto: on where nvidia-smi sees a GPU), PREBUILT=auto|0 (0: build here even
-# when a carried build is there), REPS (default 3).
+# CUDA=auto|1|0 (default auto: on where nvidia-smi sees a GPU), PREBUILT=auto|0|force (0: build
+# here even when a carried build is there; force: use it without a GPU, to rehearse this route on a
+# CPU machine), REPS (default 3).
 set -euo pipefail
 repo=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}  # start.sh runs a copy of this file from $WORK
 work=${WORK:-/tmp/moecli-gpu}
 mode=${MODE:-full}
 budget_s=${RUN_BUDGET_S:-700}
-[ "$mode" = cpu-smoke ] && budget_s=${RUN_BUDGET_S:-7200}  # no lease: the CPU build alone takes ~10 min on 2 cores
+[ "$mode" = cpu-smoke ] && budget_s=${RUN_BUDGET_S:-7200}  # no lease; the CPU build took 568 s on 2 cores (the CPU smoke run, scripts/gpu/README.md)
 py=${PYTHON:-python3}
 jobs=${JOBS:-$(nproc)}
 reps=${REPS:-3}
@@ -132,7 +134,8 @@ find_cublas() {  # the machine's own libcublas.so.13 (its CUDA toolkit, or the n
   [ -n "$f" ] && dirname "$f"
 }
 
-if [ "$cuda" = 1 ] && [ "${PREBUILT:-auto}" != 0 ] && [ -f "$repo/.carry/prebuilt.tar.xz" ]; then
+prebuilt=${PREBUILT:-auto}
+if { [ "$cuda" = 1 ] || [ "$prebuilt" = force ]; } && [ "$prebuilt" != 0 ] && [ -f "$repo/.carry/prebuilt.tar.xz" ]; then
   step "llama.cpp: the carried CUDA build"
   pre=$work/prebuilt
   if [ "$(cat "$pre/.stamp" 2>/dev/null)" != "$stamp" ]; then
@@ -145,8 +148,11 @@ if [ "$cuda" = 1 ] && [ "${PREBUILT:-auto}" != 0 ] && [ -f "$repo/.carry/prebuil
   fi
   cublas_dir=$(find_cublas || true)
   log "cuBLAS: ${cublas_dir:-not found}"
+  ld_before=${LD_LIBRARY_PATH:-}
   export LD_LIBRARY_PATH=$pre/lib${cublas_dir:+:$cublas_dir}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-  if "$pre/bin/llama-bench" --list-devices > "$out/devices.txt" 2>&1 && grep -q CUDA0 "$out/devices.txt"; then
+  # PREBUILT=force: the CPU rehearsal of this route (MODE=cpu-smoke) with a carried CPU-only build
+  if "$pre/bin/llama-bench" --list-devices > "$out/devices.txt" 2>&1 \
+     && { grep -q CUDA0 "$out/devices.txt" || [ "$prebuilt" = force ]; }; then
     bin=$pre/bin
     route=carried
     cat "$out/devices.txt"
@@ -157,6 +163,7 @@ if [ "$cuda" = 1 ] && [ "${PREBUILT:-auto}" != 0 ] && [ -f "$repo/.carry/prebuil
   else
     log "the carried build does not see the GPU (devices.txt below): building here instead"
     cat "$out/devices.txt" >&2
+    export LD_LIBRARY_PATH=$ld_before  # it would come before the new build's own RUNPATH
   fi
   step_done "${route:-unusable}"
 fi
