@@ -10,9 +10,10 @@
 #      (scripts/make_model.py, 19.7 GiB), in /dev/shm when RAM allows (nothing to fsync), else on disk
 #   4. llama.cpp with CUDA: the build carried in .carry/prebuilt.tar.xz (scripts/gpu/build_cuda.sh,
 #      made on the CPU machine for sm_90 / CUDA 13) when it is there and sees the GPU, with the
-#      CPU backend rebuilt here for this CPU (GGML_NATIVE, beside the model; an estimated 30-40 s
-#      with 16 cores); else one CMake build of the vendored llama.cpp for the card found (the device
-#      route: 275-357 s in the H100 runs (moecli/planner/__init__.py))
+#      CPU backend rebuilt here for this CPU (GGML_NATIVE, beside the model: 54 s on 2 cores in the
+#      CPU rehearsal of this route, scripts/gpu/README.md); else one CMake build of the vendored
+#      llama.cpp for the card found (the device route: 275-357 s in the H100 runs
+#      (moecli/planner/__init__.py))
 #   5. scripts/gpu/compare.py: the runs, results.json and results.md
 #
 # Environment: MODE=full|quick|cpu-smoke (default full); RUN_BUDGET_S (seconds from the start by
