@@ -28,7 +28,7 @@ repo=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}  # start.sh runs a copy of th
 work=${WORK:-/tmp/moecli-gpu}
 mode=${MODE:-full}
 budget_s=${RUN_BUDGET_S:-700}
-[ "$mode" = cpu-smoke ] && budget_s=${RUN_BUDGET_S:-7200}  # no lease; the CPU build took 568 s on 2 cores (the CPU smoke run, scripts/gpu/README.md)
+[ "$mode" = cpu-smoke ] && budget_s=${RUN_BUDGET_S:-7200}  # no lease; the CPU build took 653 s on 2 cores (the CPU smoke run, scripts/gpu/README.md)
 py=${PYTHON:-python3}
 jobs=${JOBS:-$(nproc)}
 reps=${REPS:-3}
