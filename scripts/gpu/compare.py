@@ -415,7 +415,6 @@ class Campaign:
             "setup": (self.out / "timings.txt").read_text().splitlines() if (self.out / "timings.txt").exists() else [],
         }
         self.queue: list[Run] = []
-        self._estimates: dict[tuple[str, ...], int | None] = {}  # llama.cpp's estimates by flags
         self.scale = 1.0  # measured / estimated time so far (calibrates the deadline checks)
 
     @property
