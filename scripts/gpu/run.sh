@@ -128,10 +128,11 @@ route=
 cpu_pid=
 
 find_cublas() {  # the machine's own libcublas.so.13 (its CUDA toolkit, or the nvidia-cublas wheel)
-  local f
+  local f  # e.g. /opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib: 9 levels below /opt
   f=$(ldconfig -p 2>/dev/null | awk '/libcublas\.so\.13 / {print $NF; exit}')
+  [ -n "$f" ] || f=$("$py" -c 'import glob, nvidia.cu13 as m; print(glob.glob(m.__path__[0] + "/lib/libcublas.so.13*")[0])' 2>/dev/null)
   [ -n "$f" ] || f=$(find /usr/local/cuda/lib64 /usr/local/cuda/targets /usr/local/cuda-13*/ /opt /usr/lib \
-                       /usr/local/lib -maxdepth 8 -name 'libcublas.so.13*' -print -quit 2>/dev/null)
+                       /usr/local/lib -maxdepth 10 -name 'libcublas.so.13*' -print -quit 2>/dev/null)
   [ -n "$f" ] && dirname "$f"
 }
 
