@@ -148,6 +148,7 @@ if { [ "$cuda" = 1 ] || [ "$prebuilt" = force ]; } && [ "$prebuilt" != 0 ] && [ 
     cp -a "$pre/lib/libggml-cpu.so.0."* "$pre/" 2>/dev/null || true  # the portable CPU backend, kept aside
     echo "$stamp" > "$pre/.stamp"
   fi
+  head -4 "$pre/BUILDINFO" 2> /dev/null || true  # what was carried: commit, compiler, flags, build time
   cublas_dir=$(find_cublas || true)
   log "cuBLAS: ${cublas_dir:-not found}"
   ld_before=${LD_LIBRARY_PATH:-}
