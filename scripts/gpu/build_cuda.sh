@@ -101,7 +101,8 @@ needed=$(readelf -d "$cudalib" | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | tr '\n' 
 for lib in libcuda.so.1 libcudart.so.13 libcublas.so.13; do
   case " $needed " in *" $lib "*) ;; *) echo "build_cuda: $cudalib does not need $lib ($needed)" >&2; exit 1 ;; esac
 done
-readelf -S "$cudalib" | grep -q nv_fatbin || { echo "build_cuda: no GPU code (.nv_fatbin) in $cudalib" >&2; exit 1; }
+sections=$(readelf -S "$cudalib")  # captured first: `readelf | grep -q` fails under pipefail when grep quits early
+case $sections in *.nv_fatbin*) ;; *) echo "build_cuda: no GPU code (.nv_fatbin) in $cudalib" >&2; exit 1 ;; esac
 
 # --- pack -----------------------------------------------------------------------------------------------
 stage=$cache/prebuilt

@@ -17,7 +17,16 @@ fail() { echo "check_prebuilt: $*" >&2; exit 1; }
 
 xz -dc "$root/.carry/prebuilt.tar.xz" | tar xf - -C "$tmp"
 pre=$tmp/prebuilt
-export LD_LIBRARY_PATH=$pre/lib:$cache/cublas13/lib:$cache/cudastub
+cudalib=$(ls "$pre"/lib/libggml-cuda.so.*.* | head -1)
+# A stand-in for the driver: every cu* function libggml-cuda calls directly, each failing with
+# CUDA_ERROR_UNKNOWN (999). Python loads libraries with RTLD_NOW, so they must exist to load at all;
+# cudart finds none of its own entry points in it (cuGetProcAddress, ...) and reports no driver.
+mkdir -p "$tmp/driver"
+nm -D --undefined-only "$cudalib" | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ {print "int " $2 "(void) { return 999; }"}' \
+  > "$tmp/driver/stub.c"
+[ -s "$tmp/driver/stub.c" ] || fail "libggml-cuda calls no driver function directly (expected its VMM pool's)"
+gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$tmp/driver/libcuda.so.1" "$tmp/driver/stub.c"
+export LD_LIBRARY_PATH=$pre/lib:$cache/cublas13/lib:$tmp/driver
 for f in "$pre"/bin/* "$pre"/lib/lib*.so.*; do
   [ -L "$f" ] && continue
   missing=$(ldd "$f" 2>&1 | grep 'not found' || true)
@@ -25,17 +34,19 @@ for f in "$pre"/bin/* "$pre"/lib/lib*.so.*; do
 done
 echo "check_prebuilt: every library and tool resolves its dependencies"
 
-cudalib=$(ls "$pre"/lib/libggml-cuda.so.*.* | head -1)
-readelf -d "$cudalib" | grep -q 'NEEDED.*libcuda\.so\.1' || fail "libggml-cuda does not need libcuda.so.1"
+# (outputs captured before grep: `cmd | grep -q` fails under pipefail when grep quits early)
+dynamic=$(readelf -d "$cudalib")
+grep -q 'NEEDED.*libcuda\.so\.1' <<< "$dynamic" || fail "libggml-cuda does not need libcuda.so.1"
 # the GPU code: sm_90 machine code only (fatbin.py reads the fat binary's headers)
 "$py" "$root/scripts/gpu/fatbin.py" "$cudalib" --only ELF:90 || fail "libggml-cuda's GPU code is not sm_90 machine code only"
+exported=$(nm -D --defined-only "$cudalib")
 for sym in ggml_backend_cuda_reg ggml_backend_cuda_init; do
-  nm -D --defined-only "$cudalib" | grep -qw "$sym" || fail "libggml-cuda exports no $sym"
+  grep -qw "$sym" <<< "$exported" || fail "libggml-cuda exports no $sym"
 done
 
 # the CUDA backend registers (no device without a driver); the tools run on the CPU
 devices=$("$pre/bin/llama-bench" --list-devices 2>&1) || fail "llama-bench --list-devices: $devices"
-echo "$devices" | grep -qi cuda || fail "llama-bench does not load the CUDA backend: $devices"
+grep -qi cuda <<< "$devices" || fail "llama-bench does not load the CUDA backend: $devices"
 echo "check_prebuilt: llama-bench --list-devices: $(echo "$devices" | tr '\n' ' ' | cut -c1-200)"
 demo=$(PYTHONPATH=$root "$py" -c 'from moecli.synth import ensure_demo_model; print(ensure_demo_model())')
 "$pre/bin/llama-bench" -m "$demo" -ngl 0 -p 32 -n 8 -r 1 -t 2 -o json > "$tmp/bench.json" 2> "$tmp/bench.err" \
