@@ -16,4 +16,4 @@ rm -f "$work/out/DONE"
 cp "$repo/scripts/gpu/run.sh" "$work/run.sh"
 REPO=$repo setsid nohup bash "$work/run.sh" > "$work/out/run.log" 2>&1 < /dev/null &
 echo $! > "$work/run.pid"
-echo "run.sh started (pid $!, MODE=${MODE:-full}, budget ${RUN_BUDGET_S:-700} s); log: $work/out/run.log"
+echo "run.sh started (pid $!, MODE=${MODE:-full}, RUN_BUDGET_S=${RUN_BUDGET_S:-default}); log: $work/out/run.log"
