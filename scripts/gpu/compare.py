@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The comparison of issue 5 on a GPU machine: moecli's plan for a small card against llama.cpp's
+"""The comparison of issues 5 and 9 on a GPU machine: moecli's plan for a small card against llama.cpp's
 own ways of fitting the same model to it, measured on one machine in one session.
 
 At a VRAM budget (6 GiB), for each context (4096, 32768) and thread count (16, and 4 pinned with
@@ -21,11 +21,14 @@ bandwidth at 1, 4 and 16 threads for the decode bound. Peak GPU memory is sample
 llama-bench sizes its context to prompt + generation (640 tokens), so its peaks are at that
 context; moecli bench runs allocate the real context.
 
-Runs go in priority order and are skipped when the deadline would be passed; results.json and
-results.md are rewritten after every run, so a cut-off session still has what was measured.
+Runs go in priority order (run_priority: memory truth first, then the 6 GiB comparison at the
+first context and the most threads, then fewer threads, the second context, the ceiling) and are
+skipped when the deadline would be passed (--deadline, or a later one poll.sh writes into
+--deadline-file); results.json and results.md are rewritten before and after every run, with
+what is still queued, so a cut-off session still has what was measured and what was not.
 
     python scripts/gpu/compare.py --model M.gguf --llama-bench B --fit-params F --out DIR
-        [--quick] [--reps 3] [--deadline EPOCH] [--dry-run [--profile h100-80gb]]
+        [--quick] [--reps 3] [--deadline EPOCH] [--deadline-file F] [--dry-run [--profile h100-80gb]]
     python scripts/gpu/compare.py --cpu-smoke --llama-bench B --fit-params F --out DIR
         (the same code path on a CPU: the demo model, CPU-only configurations, no GPU memory)
 """
@@ -74,7 +77,14 @@ EXPECTED_TS = {
     "ceiling": (5200.0, 238.0),
 }
 FOUR_THREAD_DECODE = 0.56
+# The time before the first run on the GPU machine with the carried build, an estimate (no lent GPU
+# has run it yet; scripts/gpu/README.md's time plan): snapshot, wheels, unpacking and checking the
+# carried build ~15 s; the 19.7 GiB model, with the native CPU backend built beside it, ~60 s; RAM
+# bandwidth, the plans, the fitter and llama.cpp's estimates ~30 s.
+SETUP_ESTIMATE_S = 105.0
 FULL_MODEL_BYTES = 21_163_968_896  # the synthetic Qwen3.6-35B-A3B Q4_K_M file (19.7 GiB)
+# the configurations whose llama.cpp estimate is asked for (plan@lb has the plan's flags)
+ESTIMATED_KINDS = ("plan", "memory", "fitter", "cpu-moe", "naive", "sweep", "ceiling")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +200,60 @@ def estimate_seconds(kind: str, load_mode: str, threads: int, reps: int, model_b
     work = ((1 + reps) * n_prompt / pp + (reps * n_gen + 1) / tg) * scale if n_prompt or n_gen else 0.0
     startup = 4.0 if tool == "moecli" else 1.0  # python, the header, the plan
     return load + work + startup
+
+
+def run_priority(kind: str, group_index: int, other_mode: bool = False) -> int:
+    """The order runs are made in while the lease lasts (issue 9). Groups: 0 = the first context at
+    the most threads, 1 = the same context at fewer threads, 2 = the second context at the most
+    threads, 3 = the rest.
+
+      1  memory truth: moecli's plan (6 GiB) and its plans at 4, 8 and 12 GiB, first context
+      2  group 0: the same flags by llama-bench, the fitter, --cpu-moe, the naive split, the sweep
+         in both load modes
+      3  group 1 (4 threads pinned): as 2, the sweep in the plan's load mode
+      4  group 2 (context 32768): likewise
+      5  the all-GPU ceiling (group 0)
+      6  the other load mode's sweep in groups 1 and 2; the memory runs at the second context
+      7  everything else (group 3; the ceiling at fewer threads)
+    """
+    if kind == "memory":
+        return 1 if group_index == 0 else 6
+    if group_index == 0:
+        return {"plan": 1, "ceiling": 5}.get(kind, 2)
+    if group_index >= 3 or kind == "ceiling":
+        return 7
+    if other_mode:
+        return 6
+    return 3 if group_index == 1 else 4
+
+
+def priority_table(runs: Sequence) -> list[tuple[int, int, float, float]]:
+    """(priority, runs, estimated seconds, cumulative seconds) of queued runs, in run order."""
+    table: list[tuple[int, int, float, float]] = []
+    total = 0.0
+    for prio in sorted({r.priority for r in runs}):
+        chosen = [r for r in runs if r.priority == prio]
+        seconds = sum(r.estimate_s for r in chosen)
+        total += seconds
+        table.append((prio, len(chosen), seconds, total))
+    return table
+
+
+def read_deadline(path: Path | None, default: float) -> float:
+    """The deadline (epoch seconds) poll.sh writes when the lease's end is known (RUN_END_IN),
+    else `default`: a later call can move the end of a run started by an earlier one."""
+    if path is None:
+        return default
+    try:
+        return float(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def run_timeout(estimate_s: float, left_s: float) -> float:
+    """How long one run may take before it is killed: 4x its estimate (at least 2 minutes), but
+    never much past the deadline (a hung load must not eat the rest of the lease)."""
+    return max(30.0, min(max(120.0, 4 * estimate_s), left_s + 15))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +397,8 @@ class Campaign:
         self.contexts = tuple(args.contexts)
         self.threads = tuple(t for t in args.threads if t <= self.n_cpus) or (self.n_cpus,)
         self.started = time.time()
-        self.deadline = args.deadline or float("inf")
+        self.deadline_default = args.deadline or float("inf")
+        self.deadline_file = Path(args.deadline_file) if args.deadline_file else None
         self.facts: ModelFacts = moe_gguf.read_model(self.model)
         self.ram_bw: dict[int, float] = {}
         self.results: dict = {
@@ -350,8 +415,11 @@ class Campaign:
             "setup": (self.out / "timings.txt").read_text().splitlines() if (self.out / "timings.txt").exists() else [],
         }
         self.queue: list[Run] = []
-        self._estimates: dict[tuple[str, ...], int | None] = {}  # llama.cpp's estimates by flags
         self.scale = 1.0  # measured / estimated time so far (calibrates the deadline checks)
+
+    @property
+    def deadline(self) -> float:
+        return read_deadline(self.deadline_file, self.deadline_default)
 
     # -- what the machine is -------------------------------------------------------------------
     def _machine(self) -> MachineFacts:
@@ -400,17 +468,25 @@ class Campaign:
     def moecli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "moecli", *args]
 
-    def cli_plan(self, budget: int, ctx: int, threads: int) -> dict:
-        """`moecli plan` as a user runs it; its JSON is what the bench run will load."""
-        cmd = self.moecli("plan", str(self.model), *self.machine_args(budget), "-c", str(ctx), "-t", str(threads), "--json")
-        key = f"{budget // GiB}GiB-c{ctx}-t{threads}"
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+    def cli_plans(self, wanted: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], dict]:
+        """`moecli plan` as a user runs it, for each (budget, context, threads), all at once; its JSON
+        is what the bench run will load."""
+        procs = {}
+        for budget, ctx, threads in dict.fromkeys(wanted):
+            cmd = self.moecli("plan", str(self.model), *self.machine_args(budget), "-c", str(ctx), "-t", str(threads),
+                              "--json")
+            procs[(budget, ctx, threads)] = (cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                                   text=True))
+        return {key: self._plan_entry(key, cmd, *proc.communicate()) for key, (cmd, proc) in procs.items()}
+
+    def _plan_entry(self, key: tuple[int, int, int], cmd: list[str], stdout: str, stderr: str) -> dict:
+        budget, ctx, threads = key
         entry: dict = {"command": shlex.join(cmd), "budget_bytes": budget, "ctx": ctx, "threads": threads}
+        self.results["plans"][f"{budget // GiB}GiB-c{ctx}-t{threads}"] = entry
         try:
-            plan = json.loads(proc.stdout)["plan"]
+            plan = json.loads(stdout)["plan"]
         except (ValueError, KeyError):
-            entry["error"] = (proc.stderr or proc.stdout).strip()[-500:]
-            self.results["plans"][key] = entry
+            entry["error"] = (stderr or stdout).strip()[-500:]
             return entry
         gpu = next((d for d in plan["devices"] if d["device"] != "CPU"), None)
         entry.update(llama_args=plan["params"]["llama_args"], fits=plan["fits"], n_ctx=plan["n_ctx"],
@@ -418,7 +494,6 @@ class Campaign:
                      predicted_cpu_bytes=next(d["total"] for d in plan["devices"] if d["device"] == "CPU"),
                      devices=plan["devices"], placement=plan["placement"], decode=plan["decode"],
                      warnings=plan["warnings"], notes=plan["notes"], params=plan["params"])
-        self.results["plans"][key] = entry
         return entry
 
     @staticmethod
@@ -496,17 +571,29 @@ class Campaign:
                      overrides=[str(o) for o in flags.overrides])
         return flags
 
-    def llama_estimate(self, params: LlamaParams, ctx: int) -> int | None:
-        """llama.cpp's own estimate (MiB, model + context + compute) of a configuration on the GPU."""
+    def fill_llama_estimates(self) -> None:
+        """llama.cpp's own estimate (MiB, model + context + compute) of each queued configuration on
+        the GPU: `llama-fit-params -fitp on` dry runs, eight at a time (each ~1-2 s, mostly CUDA's
+        start; one after the other they would cost a minute of the lease)."""
         if not self.args.fit_params or self.args.dry_run or not self.gpu.available:
-            return None
-        flags = tuple(params.with_(n_ctx=ctx, n_threads=None).to_llama_args())
-        if flags not in self._estimates:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def flags_of(run: Run) -> tuple[str, ...]:
+            return tuple(run.params.with_(n_ctx=run.ctx, n_threads=None).to_llama_args())
+
+        def estimate(flags: tuple[str, ...]) -> int | None:
             cmd = [self.args.fit_params, "-m", str(self.model), *flags, "-fitp", "on"]
             devices = parse_fit_print(subprocess.run(cmd, capture_output=True, text=True).stdout)
             gpu = next((v for k, v in devices.items() if k != "Host"), None)
-            self._estimates[flags] = gpu["total"] if gpu else None
-        return self._estimates[flags]
+            return gpu["total"] if gpu else None
+
+        runs = [r for r in self.queue if r.params is not None and r.kind in ESTIMATED_KINDS]
+        distinct = list(dict.fromkeys(flags_of(r) for r in runs))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            estimates = dict(zip(distinct, pool.map(estimate, distinct)))
+        for run in runs:
+            run.llama_estimate_mib = estimates[flags_of(run)]
 
     # -- the matrix ----------------------------------------------------------------------------
     def add(self, run: Run) -> Run:
@@ -520,74 +607,76 @@ class Campaign:
     def build(self) -> None:
         top = max(self.threads)
         quick = self.args.quick
-        groups = [(ctx, t) for t in self.threads for ctx in self.contexts]
-        if quick:  # the first priority only: the first context at the most threads
-            groups = [(self.contexts[0], top)]
+        # the groups in the order their runs matter (run_priority): the first context at the most
+        # threads, the same context at fewer threads, the second context at the most, then the rest
+        order = [(c, t) for c in self.contexts for t in sorted(self.threads, reverse=True)]
+        groups = order[:1] if quick else order
+        memory_contexts = self.contexts[:1] if quick else self.contexts
 
-        # Priorities (run in this order while time lasts): the first context at the most threads
-        # with the sweep in the plan's load mode and the memory runs; the same sweep in the other load
-        # mode; the second context; then fewer threads.
-        order = [(c, t) for t in sorted(self.threads, reverse=True) for c in self.contexts]
-        core_prio, other_mode_prio = (1, 3, 4, 7), (2, 5, 6, 8)
-
-        def prio(ctx: int, threads: int, table: tuple[int, ...]) -> int:
-            return table[min(order.index((ctx, threads)), len(table) - 1)]
-
+        # every `moecli plan` the matrix needs, made at once (each is a Python start and a header
+        # read: ~2-3 s one after the other), then llama.cpp's fitter once per context, one at a
+        # time (each reads the GPU's free memory, which a concurrent process would change)
+        wanted = [(BUDGET, ctx, t) for ctx, t in groups] + [(b, ctx, top) for ctx in memory_contexts
+                                                             for b in MEMORY_BUDGETS]
+        plans = self.cli_plans(wanted)
         fitters = {ctx: self.run_fitter(ctx) for ctx in dict.fromkeys(ctx for ctx, _ in groups)}
-        for ctx, t in groups:
+        for index, (ctx, t) in enumerate(groups):
             group = f"c{ctx}-t{t}"
-            plan_entry = self.cli_plan(BUDGET, ctx, t)
+            plan_entry = plans[(BUDGET, ctx, t)]
             if "error" in plan_entry:
                 self.results["notes"].append(f"{group}: moecli plan failed: {plan_entry['error']}")
                 continue
             plan = self.params_of(plan_entry["params"])
-            p = prio(ctx, t, core_prio)
             mode = plan.load_mode
             other = "mmap" if mode == "none" else "none"
-            plan_run = self.add(Run(f"{group}-plan", p, group, "plan", "moecli's plan", "moecli", ctx, t, plan, BUDGET, mode))
+
+            def prio(kind: str, other_mode: bool = False, index: int = index) -> int:
+                return run_priority(kind, index, other_mode)
+
+            plan_run = self.add(Run(f"{group}-plan", prio("plan"), group, "plan", "moecli's plan", "moecli", ctx, t,
+                                    plan, BUDGET, mode))
             plan_run.predicted_gpu = plan_entry["predicted_gpu_bytes"]
-            plan_run.llama_estimate_mib = self.llama_estimate(plan, ctx)
             plan_run.record["plan_llama_args"] = plan_entry["llama_args"]
-            self.add(Run(f"{group}-plan-lb", p, group, "plan@lb", "moecli's plan, by llama-bench", "llama-bench",
-                         ctx, t, plan, None, mode))
+            self.add(Run(f"{group}-plan-lb", prio("plan@lb"), group, "plan@lb", "moecli's plan, by llama-bench",
+                         "llama-bench", ctx, t, plan, None, mode))
             fitter = fitters.get(ctx)
             if fitter is not None:
                 fp = fitter.params()
-                run = self.add(Run(f"{group}-fitter", p, group, "fitter", "llama.cpp's fitter (6 GiB card)", "llama-bench",
-                                   ctx, t, fp, None, fp.load_mode))
-                run.llama_estimate_mib = self.llama_estimate(fp, ctx)
+                self.add(Run(f"{group}-fitter", prio("fitter"), group, "fitter", "llama.cpp's fitter (6 GiB card)",
+                             "llama-bench", ctx, t, fp, None, fp.load_mode))
             elif self.args.dry_run:  # its flags are known only once it has run: keep its place in the plan
-                self.add(Run(f"{group}-fitter", p, group, "fitter", "llama.cpp's fitter (flags found when run)",
+                self.add(Run(f"{group}-fitter", prio("fitter"), group, "fitter", "llama.cpp's fitter (flags found when run)",
                              "llama-bench", ctx, t, None, None, "auto"))
-            self.add(Run(f"{group}-cpu-moe", p, group, "cpu-moe", "all experts on CPU (--cpu-moe)", "llama-bench",
-                         ctx, t, plan.with_(cpu_moe=True, n_cpu_moe=0, tensor_overrides=()), None, mode))
+            self.add(Run(f"{group}-cpu-moe", prio("cpu-moe"), group, "cpu-moe", "all experts on CPU (--cpu-moe)",
+                         "llama-bench", ctx, t, plan.with_(cpu_moe=True, n_cpu_moe=0, tensor_overrides=()), None, mode))
             ngl = self.naive_ngl(ctx)
-            self.add(Run(f"{group}-naive", p, group, "naive", f"naive layer split -ngl {ngl}", "llama-bench", ctx, t,
-                         LlamaParams(n_gpu_layers=ngl, n_ctx=ctx), None, "auto"))
-            for sweep_mode, sweep_prio in ((mode, p), (other, prio(ctx, t, other_mode_prio))):
-                if quick and sweep_mode != mode:
-                    continue
+            self.add(Run(f"{group}-naive", prio("naive"), group, "naive", f"naive layer split -ngl {ngl}", "llama-bench",
+                         ctx, t, LlamaParams(n_gpu_layers=ngl, n_ctx=ctx), None, "auto"))
+            for sweep_mode in (mode, other):
                 edge = self.sweep_edge(ctx, sweep_mode)
                 for n in (edge - 1, edge, edge + 1):
                     if 0 <= n <= self.facts.n_layer:
-                        self.add_sweep(group, ctx, t, n, sweep_mode, plan, sweep_prio)
+                        self.add_sweep(group, ctx, t, n, sweep_mode, plan, prio("sweep", sweep_mode != mode))
             if ctx == self.contexts[0]:
-                self.add(Run(f"{group}-ceiling", 1 if t == top else 8, group, "ceiling", "everything on the GPU",
+                self.add(Run(f"{group}-ceiling", prio("ceiling"), group, "ceiling", "everything on the GPU",
                              "llama-bench", ctx, t, LlamaParams(n_gpu_layers=ALL_LAYERS, n_ctx=ctx), None, "auto"))
-        for ctx in self.contexts[:1] if quick else self.contexts:
+        for ctx in memory_contexts:
             for budget in MEMORY_BUDGETS:
-                entry = self.cli_plan(budget, ctx, top)
+                entry = plans[(budget, ctx, top)]
                 if "error" in entry:
                     self.results["notes"].append(f"memory {budget // GiB} GiB c{ctx}: moecli plan failed: {entry['error']}")
                     continue
                 params = self.params_of(entry["params"])
-                run = self.add(Run(f"memory-{budget // GiB}gib-c{ctx}", 1 if ctx == self.contexts[0] else 8, "memory",
-                                   "memory", f"moecli's plan at {budget // GiB} GiB", "moecli", ctx, top, params, budget,
+                run = self.add(Run(f"memory-{budget // GiB}gib-c{ctx}",
+                                   run_priority("memory", order.index((ctx, top))), "memory", "memory",
+                                   f"moecli's plan at {budget // GiB} GiB", "moecli", ctx, top, params, budget,
                                    params.load_mode, n_gen=16, reps=1))
                 run.predicted_gpu = entry["predicted_gpu_bytes"]
-                run.llama_estimate_mib = self.llama_estimate(params, ctx)
                 run.record["plan_llama_args"] = entry["llama_args"]
+        if quick:
+            self.queue = [r for r in self.queue if r.priority <= 2]
         self.queue.sort(key=lambda r: r.priority)  # stable: groups keep their order inside a priority
+        self.fill_llama_estimates()
 
     def add_sweep(self, group: str, ctx: int, t: int, n: int, mode: str, plan: LlamaParams, priority: int) -> Run:
         params = plan.with_(n_gpu_layers=ALL_LAYERS, cpu_moe=False, n_cpu_moe=n, tensor_overrides=(), load_mode=mode)
@@ -633,7 +722,7 @@ class Campaign:
     def execute(self, run: Run) -> None:
         cmd = self.command(run)
         rec = run.record
-        rec.update(id=run.id, group=run.group, kind=run.kind, label=run.label, tool=run.tool, ctx=run.ctx,
+        rec.update(id=run.id, priority=run.priority, group=run.group, kind=run.kind, label=run.label, tool=run.tool, ctx=run.ctx,
                    threads=run.threads, pinned=bool(pin_prefix(run.threads, self.n_cpus)), load_mode=run.load_mode,
                    reps=run.reps, n_prompt=N_PROMPT, n_gen=run.n_gen, sweep_n=run.sweep_n, budget_bytes=run.budget,
                    flags=run.params.with_(n_threads=None).to_llama_args(tool="bench") if run.params else None,
@@ -651,7 +740,7 @@ class Campaign:
             cmd, pin = cmd[3:], (lambda: os.sched_setaffinity(0, cores))
         watch = PeakWatch(self.gpu)
         began = time.time()
-        timeout = max(120.0, 4 * run.estimate_s)
+        timeout = run_timeout(run.estimate_s, self.deadline - time.time())
         try:
             try:
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pin)
@@ -705,18 +794,24 @@ class Campaign:
               f"(deadline in {(self.deadline - time.time()) / 60:.1f} min):", flush=True)
         for r in self.queue:
             print(f"  p{r.priority} {r.id:<32} {r.tool:<11} ~{r.estimate_s:5.0f} s  {r.label}", flush=True)
+        for prio, n, seconds, total in priority_table(self.queue):
+            print(f"  priority {prio}: {n:2d} runs, ~{seconds / 60:4.1f} min, cumulative ~{total / 60:4.1f} min", flush=True)
         self.save()
         while self.queue:
             run = self.queue.pop(0)
             left = self.deadline - time.time()
             if run.estimate_s * self.scale > left:
-                run.record.update(id=run.id, group=run.group, kind=run.kind, label=run.label, tool=run.tool, ctx=run.ctx,
-                                  threads=run.threads, load_mode=run.load_mode, sweep_n=run.sweep_n,
+                run.record.update(id=run.id, priority=run.priority, group=run.group, kind=run.kind, label=run.label,
+                                  tool=run.tool, ctx=run.ctx, threads=run.threads, load_mode=run.load_mode,
+                                  sweep_n=run.sweep_n,
                                   estimate_s=round(run.estimate_s, 1),
                                   skipped=f"no time left ({left:.0f} s, needs ~{run.estimate_s * self.scale:.0f} s)")
                 self.results["runs"].append(run.record)
                 continue
+            self.results["running"] = {"id": run.id, "label": run.label, "since": round(time.time(), 1)}
+            self.save()
             self.execute(run)
+            self.results.pop("running", None)
             self.results["runs"].append(run.record)
             summary = report.run_line(run.record)
             print(f"    -> {summary}", flush=True)
@@ -727,6 +822,9 @@ class Campaign:
 
     def save(self) -> None:
         self.results["elapsed_s"] = round(time.time() - self.started, 1)
+        # what is still queued: a run cut off by the end of the lease still lists what it did not make
+        self.results["pending"] = [{"id": r.id, "priority": r.priority, "label": r.label, "group": r.group,
+                                    "estimate_s": round(r.estimate_s, 1)} for r in self.queue]
         for name, text in (("results.json", json.dumps(self.results, indent=1, default=str)),
                            ("results.md", report.render(self.results))):
             tmp = self.out / (name + ".tmp")
@@ -744,9 +842,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contexts", type=lambda s: [int(x) for x in s.split(",")], default=list(CONTEXTS))
     ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=None,
                     help="thread counts (default 16,4; with --cpu-smoke: all cores, 1)")
-    ap.add_argument("--quick", action="store_true", help="only the first priority: the first context at the most "
-                    "threads, the sweep in the plan's load mode, and the memory runs at that context")
+    ap.add_argument("--quick", action="store_true", help="only priorities 1-2: the memory runs and the 6 GiB "
+                    "comparison at the first context and the most threads")
     ap.add_argument("--deadline", type=float, default=None, help="epoch seconds: skip runs that would end later")
+    ap.add_argument("--deadline-file", help="a file holding a later or earlier deadline (epoch seconds), read "
+                    "before each run; poll.sh writes it (RUN_END_IN)")
     ap.add_argument("--cpu-smoke", action="store_true", help="the same code path on a CPU with the demo model")
     ap.add_argument("--dry-run", action="store_true", help="plan the runs and write the files, measure nothing")
     ap.add_argument("--profile", help="with --dry-run: plan for this machine profile (e.g. h100-80gb)")

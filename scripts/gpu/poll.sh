@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Device calls 2..n (and the end of call 1): wait for run.sh while copying what it has written to
+# Device call 2 (and the end of call 1): wait for run.sh while copying what it has written to
 # $OUT every few seconds, for at most SECONDS (default 540: under the tool's 10-minute call limit,
 # and a cut-off call still returns the last copy); then say where the run stands.
 #
-#   bash scripts/gpu/poll.sh [SECONDS]
+#   [RUN_END_IN=S] bash scripts/gpu/poll.sh [SECONDS]
+#
+# RUN_END_IN=S moves the run's deadline to S seconds from now (compare.py reads it before each
+# run): the call that knows how much of the lease is left says when the last run must end.
 set -uo pipefail
 wait_s=${1:-540}
 work=${WORK:-/tmp/moecli-gpu}
 out=$work/out
 dest=${OUT:-}
+if [ -n "${RUN_END_IN:-}" ]; then
+  echo "$(( $(date +%s) + RUN_END_IN ))" > "$work/deadline"
+  echo "--- the last run must end within ${RUN_END_IN} s"
+fi
 
 copy() {  # at most 8 files come back from $OUT, 16 MiB each
   [ -n "$dest" ] || return 0

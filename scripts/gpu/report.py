@@ -170,7 +170,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def checks_section(results: dict) -> str:
     rows = [[c["criterion"], c["where"], c["measured"], c["needs"], c["verdict"]] for c in checks(results)]
-    return "\n".join(["#### What must hold", "", *_table(["criterion", "where", "measured", "needs", "verdict"], rows)])
+    lines = ["#### What must hold", "", *_table(["criterion", "where", "measured", "needs", "verdict"], rows)]
+    missing = not_measured(results)
+    if missing:  # poll.sh prints this section: what the lease did not cover is said where the checks are
+        lines += ["", f"Not measured in this run ({len(missing)}): " + "; ".join(missing)]
+    return "\n".join(lines)
 
 
 def _flags(rec: dict) -> str:
@@ -256,9 +260,9 @@ def render(results: dict) -> str:
               for r in results.get("runs", []) if r.get("same_as_moecli_plan") is False]
     notes += [f"{r['id']}: {r['error']}" + (f" — {_last_line(r['stderr_tail'])}" if r.get("stderr_tail") else "")
               for r in results.get("runs", []) if r.get("error")]
-    skipped = [r["id"] for r in results.get("runs", []) if r.get("skipped")]
-    if skipped:
-        notes.append(f"skipped ({len(skipped)}): " + ", ".join(skipped))
+    missing = not_measured(results)
+    if missing:
+        notes.append(f"not measured ({len(missing)}): " + "; ".join(missing))
     if notes:
         out += ["#### Notes", ""] + [f"- {n}" for n in notes] + [""]
 
@@ -268,6 +272,17 @@ def render(results: dict) -> str:
     out += [f"fitter ctx {k}: {f['command']}" for k, f in fitter.items() if f.get("command")]
     out += ["```", "", "</details>", ""]
     return "\n".join(out)
+
+
+def not_measured(results: dict) -> list[str]:
+    """Every run the matrix planned that has no measurement, and why: skipped for time, cut off
+    while running (the lease ended), or still queued when the results were last written."""
+    out = [f"{r['id']} (p{r.get('priority', '?')}: {r['skipped']})" for r in results.get("runs", []) if r.get("skipped")]
+    running = results.get("running")
+    if running and not results.get("finished"):
+        out.append(f"{running['id']} (cut off while running)")
+    out += [f"{r['id']} (p{r['priority']}: not reached, ~{r['estimate_s']:.0f} s)" for r in results.get("pending", [])]
+    return out
 
 
 def _last_line(text: str) -> str:
