@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
 from moecli.errors import NotMoE
 from moecli.params import EXPS_REGEX, LlamaParams, TensorOverride
 from moecli.planner import Plan
@@ -134,6 +132,8 @@ class PeakSampler:
     def __init__(self, vram_used: Callable[[], int | None] | None = None, interval: float = 0.05) -> None:
         self._vram_used = vram_used
         self._interval = interval
+        import psutil  # only where a bench runs: `plan` renders with this module too
+
         self._process = psutil.Process()
         self._done = threading.Event()
         self.peak_ram = 0

@@ -242,7 +242,7 @@ def plan(
     if llama_args:
         out.raw(render.llama_command(the_plan, path, hf=hf))
     else:
-        out.result({"model": render.model_dict(facts), "machine": machine, "plan": render.plan_json(the_plan),
+        out.result(lambda: {"model": render.model_dict(facts), "machine": machine, "plan": render.plan_json(the_plan),
                     "tuned": chosen.tuned, "tuned_skipped": chosen.skipped},
                    human=lambda: render.plan_report(out, the_plan, facts, machine, path, hf=hf))
     if not the_plan.fits:
@@ -434,7 +434,7 @@ def bench(
             out.console.print(render.tuned_line(recorded.tuned))
 
     if done.results:
-        out.result({"model": str(located.path), "machine": machine, "plan": job.plan.params.to_llama_args(),
+        out.result(lambda: {"model": str(located.path), "machine": machine, "plan": job.plan.params.to_llama_args(),
                     "partial": done.partial, "results": [r.to_dict() for r in done.results],
                     "tuned": recorded.tuned if recorded is not None else None},
                    csv=lambda: benchmod.to_csv(done.results), human=human)
@@ -462,7 +462,7 @@ def _history(out: Output, model: str, request) -> None:
         if past.other_machines:
             out.note(f"{past.other_machines} more rows of it were measured on other machines")
 
-    out.result({"model": str(located.path), "machine": past.machine, "measurements": list(past.measurements),
+    out.result(lambda: {"model": str(located.path), "machine": past.machine, "measurements": list(past.measurements),
                 "tuned": past.tuned}, human=human)
 
 
@@ -664,7 +664,7 @@ def list_models(context: typer.Context, json_out: Annotated[bool, typer.Option("
         if not (listed or partial or damaged):
             out.print("no models pulled yet: moecli pull org/repo:QUANT")
 
-    out.result([*({"name": r.name, "state": "pulled", "repo": r.repo, "tag": r.tag, "quant": r.quant, "size": r.size,
+    out.result(lambda: [*({"name": r.name, "state": "pulled", "repo": r.repo, "tag": r.tag, "quant": r.quant, "size": r.size,
                    "pulled_at": r.pulled_at.isoformat(), "present": r.present, "fits": item.verdict.fits,
                    "why": item.verdict.why, "path": str(r.path)} for item in listed for r in (item.record,)),
                 *({"name": p.name, "state": "partial", "size": p.size, "downloaded": p.have} for p in partial),

@@ -18,7 +18,6 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from moecli.bench import BenchResult
 from moecli.facts import MachineFacts, ModelFacts
 from moecli.measurements import Measurement, Tuned
 from moecli.output import Output
@@ -28,6 +27,7 @@ from moecli.units import fmt_bytes
 
 if TYPE_CHECKING:
     from moecli.app.planning import TunedSkipped
+    from moecli.bench import BenchResult
 
 
 def machine_lines(machine: MachineFacts) -> list[str]:

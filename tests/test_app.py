@@ -149,7 +149,7 @@ def test_confirm_reads_the_injected_stdin():
 def test_a_result_is_rendered_in_the_mode_chosen_once(mode, expected):
     stdout = io.StringIO()
     out = Output(stdout=stdout, stderr=io.StringIO(), **mode)
-    out.result({"a": 1}, human=lambda: out.raw("for people"), csv=lambda: "a\n1")
+    out.result(lambda: {"a": 1}, human=lambda: out.raw("for people"), csv=lambda: "a\n1")
     assert stdout.getvalue() == expected
 
 

@@ -213,8 +213,8 @@ def this_machine(machine_facts: MachineFacts) -> bool:
 
 def calibration_from(store: measurements.Store, machine_facts: MachineFacts) -> planner.Calibration | None:
     """This machine's measurements as the planner's facts (rows of another shape are skipped)."""
-    if not this_machine(machine_facts):
-        return None
+    if not this_machine(machine_facts) or not store.measurements:
+        return None  # nothing measured: no need to fingerprint the machine
     fp = measurements.fingerprint(machine_facts)
     samples = []
     for m in store.of(fp.id):
@@ -266,7 +266,7 @@ def planned(facts: ModelFacts, machine_facts: MachineFacts, request: Request, *,
     calibration = calibration_from(store, machine_facts)
     tuned = skipped = None
     own = request.flags is not None or any(getattr(request.wishes, w) is not None for w in _TUNED_WISHES)
-    if use_tuned and not own and this_machine(machine_facts):
+    if use_tuned and not own and store.tuned and this_machine(machine_facts):
         record = store.tuned_for(measurements.fingerprint(machine_facts).id, planner.model_key(facts))
         if record is not None:
             params = record.to_params(fresh.params.n_ctx)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from moecli.errors import BadInput, DoesNotFit
 from moecli.facts import KV_CELL_PAD, GpuFacts, MachineFacts, ModelFacts
 from moecli.params import ALL_LAYERS, CPU, LlamaParams
-from moecli.planner import devices as multi
 from moecli.planner.memory import OP_OFFLOAD_MIN_BATCH, _Account, _account, _kv_bytes, _runtime_overhead, _Setup
 from moecli.planner.model import _Model, _prepare, _Tensor
 from moecli.planner.placement import _describe, _params_for, _Where, _where, _where_from_params
@@ -52,6 +51,9 @@ from moecli.planner.types import (
     Wishes,
 )
 from moecli.units import fmt_bytes
+
+if TYPE_CHECKING:
+    from moecli.planner import devices as multi
 
 # ---------------------------------------------------------------------------------------------
 # helpers shared by plan and evaluate
@@ -549,6 +551,8 @@ def _several(machine: MachineFacts) -> bool:
 
 
 def _plan_devices(m: _Model, machine: MachineFacts, wishes: Wishes, threads: int) -> Plan:
+    from moecli.planner import devices as multi  # several devices: imported only for them
+
     devs = multi.machine_devices(machine, wishes)
     ram = _ram_budget(machine)
     setup = _base_setup(m, wishes, wishes.n_ctx if isinstance(wishes.n_ctx, int) else _default_ctx(m))
@@ -569,6 +573,8 @@ def _plan_devices(m: _Model, machine: MachineFacts, wishes: Wishes, threads: int
 
 
 def _evaluate_devices(m: _Model, machine: MachineFacts, params: LlamaParams, wishes: Wishes, n_ctx: int) -> Plan:
+    from moecli.planner import devices as multi  # several devices: imported only for them
+
     devs = multi.machine_devices(machine, wishes)
     ram = _ram_budget(machine)
     setup = _Setup(n_ctx, params.type_k, params.type_v, params.n_ubatch, params.n_batch, params.flash_attn)
@@ -579,6 +585,8 @@ def _evaluate_devices(m: _Model, machine: MachineFacts, params: LlamaParams, wis
 
 
 def _ram_findings_devices(m: _Model, chosen: multi.DevicePlan, devs, ram: int) -> list[Finding]:
+    from moecli.planner import devices as multi  # several devices: imported only for them
+
     cpu = chosen.account.cpu
     if cpu.budget is None or cpu.fits:
         return []
@@ -591,6 +599,8 @@ def _ram_findings_devices(m: _Model, chosen: multi.DevicePlan, devs, ram: int) -
 
 def _finish_devices(m: _Model, machine: MachineFacts, devs, params: LlamaParams, setup: _Setup, where, acc,
                     findings: Sequence[Finding]) -> Plan:
+    from moecli.planner import devices as multi  # several devices: imported only for them
+
     placement, rows = multi.describe(m, where, devs)
     f = m.facts
     found = list(findings)
