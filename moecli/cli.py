@@ -481,6 +481,8 @@ def serve(
     ctx_checkpoints: Annotated[int, typer.Option("--ctx-checkpoints", "-ctxcp", help="State checkpoints kept per slot (hybrid and recurrent models).", rich_help_panel="Server")] = 32,
     checkpoint_min_step: Annotated[int, typer.Option("--checkpoint-min-step", "-cms", help="Tokens between checkpoints inside a long prompt.", rich_help_panel="Server")] = 8192,
     cache_ram: Annotated[int, typer.Option("--cache-ram", "-cram", help="MiB of RAM for checkpoints over all slots.", rich_help_panel="Server")] = 8192,
+    chat_template: Annotated[Optional[str], typer.Option("--chat-template", help="One of llama.cpp's built-in chat templates (chatml, llama3, gemma, ...) instead of the GGUF's.", rich_help_panel="Template")] = None,
+    chat_template_file: Annotated[Optional[Path], typer.Option("--chat-template-file", help="A Jinja chat template file instead of the GGUF's.", rich_help_panel="Template")] = None,
     no_tuned: NoTunedOpt = False,
     verbose: VerboseOpt = False,
     *, request,
@@ -498,6 +500,9 @@ def serve(
     if ctx_checkpoints < 0 or cache_ram < 0 or checkpoint_min_step < 0:
         raise BadInput("--ctx-checkpoints, --cache-ram and --checkpoint-min-step must not be negative", "0 turns them off")
     usecases.Slots.resolve(parallel, kv_unified)  # a bad -np is refused before the model is read
+    usecases.chat_inputs(prompt=None, system=None, system_file=None, chat_template=chat_template,
+                         chat_template_file=chat_template_file, no_conversation=False, json_schema=None,
+                         reasoning="auto")  # a bad template is refused before the model is read
     located, facts, machine = _prepare_local(out, model, request)
     job = usecases.serve_job(facts, machine, request, parallel, kv_unified, use_tuned=not no_tuned)
     slots = job.slots
@@ -521,6 +526,7 @@ def serve(
 
     server.run(lambda: usecases.load_for_serving(located.path, job, on_log=_log_sink(out, verbose)),
                host=host, port=port, alias=alias or located.path.name, api_key=api_key, on_ready=ready,
+               chat_template=(chat_template, chat_template_file),
                scheduler_options={"max_checkpoints": ctx_checkpoints, "cache_ram": cache_ram * 2**20,
                                   "checkpoint_step": checkpoint_min_step or 2**31},
                log=lambda line: out.note(line))

@@ -95,8 +95,9 @@ class Batcher:
 class Sampler:
     """A sequence's sampler chain (penalties see its prompt) and its text stream."""
 
-    def __init__(self, engine: Engine, sampling: Sampling, prompt: Sequence[int]) -> None:
+    def __init__(self, engine: Engine, sampling: Sampling, prompt: Sequence[int], *, special: bool = False) -> None:
         self.engine = engine
+        self.special = special  # control tokens written out (harmony's, Mistral's, DeepSeek's markers)
         self.chain = _sampler_chain(sampling, prompt, n_vocab=engine.n_vocab, n_ctx=engine.n_ctx,
                                     eog_tokens=lambda: engine.eog_tokens, vocab=engine._vocab)
         self.text = Utf8Stream()
@@ -108,7 +109,7 @@ class Sampler:
         return bool(_llama.llama_vocab_is_eog(self.engine._vocab, token))
 
     def piece(self, token: int) -> str:
-        return self.text.push(self.engine.token_piece(token))
+        return self.text.push(self.engine.token_piece(token, special=self.special))
 
     def close(self) -> str:
         if self.chain is not None:

@@ -19,6 +19,9 @@ class StreamOptions(_Body):
 class Message(_Body):
     role: str
     content: Union[str, list[dict[str, Any]], None] = None
+    name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None  # an assistant's earlier calls
+    tool_call_id: Optional[str] = None  # a tool result's call
 
     def text(self) -> str:
         """The content as text (the text parts of a list of parts)."""
@@ -61,9 +64,10 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Optional[int] = Field(default=None, ge=-1)
     chat_template_kwargs: Optional[dict[str, Any]] = None
     reasoning_effort: Optional[str] = None
-    # issue 13 plugs these in (serve/formats.py): accepted, not acted on yet
+    # tool calls and structured output (serve/formats.py)
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: Optional[bool] = None  # llama-server's default: one call
     response_format: Optional[dict[str, Any]] = None
 
 

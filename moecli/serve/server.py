@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moecli.engine import Sampling
 from moecli.engine.batch import prompt_tokens
-from moecli.errors import MoecliError
+from moecli.errors import BadInput, MoecliError
 from moecli.serve import formats
 from moecli.serve.api import ChatCompletionRequest, CompletionRequest
 from moecli.serve.errors import LOADING, UNAUTHORIZED, ApiError, bad_request, too_long
@@ -196,12 +196,10 @@ def create_app(state: ServerState):
     @api.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         scheduler = ready()
-        try:
-            rendered = formats.render(state.engine, body)
-        except MoecliError as exc:
-            raise bad_request(exc.message) from None
+        rendered = formats.render(state.engine, body)  # ApiError 400: the template, the schema, tool_choice
         parser = formats.ReplyParser(rendered)
-        return await _complete(request, scheduler, body, rendered.prompt, parser, chat=True)
+        return await _complete(request, scheduler, body, rendered.prompt, parser, chat=True,
+                               grammar=rendered.grammar, special=rendered.special)
 
     @api.post("/v1/completions")
     @api.post("/completions")
@@ -214,7 +212,8 @@ def create_app(state: ServerState):
             prompt = prompt[0]
         return await _complete(request, scheduler, body, prompt, None, chat=False)
 
-    async def _complete(request: Request, scheduler: Scheduler, body, prompt, parser, *, chat: bool):
+    async def _complete(request: Request, scheduler: Scheduler, body, prompt, parser, *, chat: bool,
+                        grammar: str | None = None, special: bool = False):
         if body.n != 1:
             raise bad_request(f"n = {body.n}: only one choice per request is supported (n = 1)")
         engine = state.engine
@@ -229,10 +228,13 @@ def create_app(state: ServerState):
         if len(tokens) >= scheduler.n_ctx_slot:
             raise too_long(len(tokens), scheduler.n_ctx_slot)
         sampling, n_predict = _sampling(engine, body, chat)
+        if grammar is not None:
+            sampling = sampling.with_(grammar=grammar)
         if state.dispatcher is None:
             state.dispatcher = _Dispatcher(asyncio.get_running_loop())
         events: asyncio.Queue = asyncio.Queue()
-        job = Job(tokens, sampling, state.dispatcher.emitter(events), stop=body.stops(), n_predict=n_predict)
+        job = Job(tokens, sampling, state.dispatcher.emitter(events), stop=body.stops(), n_predict=n_predict,
+                  special=special)
         scheduler.submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         path = request.url.path
@@ -284,7 +286,7 @@ def create_app(state: ServerState):
                     if chat:
                         for delta in parser.finish():
                             yield chunk(delta)
-                    yield chunk({} if chat else "", value.finish_reason, timings=value.timings())
+                    yield chunk({} if chat else "", _finish_reason(value, parser), timings=value.timings())
                     if body.include_usage():
                         yield sse({**_envelope(rid, chat), "choices": [], "usage": _usage(value)})
                     yield "data: [DONE]\n\n"
@@ -329,7 +331,8 @@ def create_app(state: ServerState):
             for piece in text:
                 parser.feed(piece)
             parser.finish()
-            choice = {"index": 0, "message": parser.message(), "logprobs": None, "finish_reason": stats.finish_reason}
+            choice = {"index": 0, "message": parser.message(), "logprobs": None,
+                      "finish_reason": _finish_reason(stats, parser)}
             kind = "chat.completion"
         else:
             choice = {"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": stats.finish_reason}
@@ -341,10 +344,17 @@ def create_app(state: ServerState):
     return _guard(api, state)
 
 
+def _finish_reason(stats: Stats, parser) -> str:
+    """OpenAI's: "tool_calls" when the reply called tools, else "length" (max_tokens) or "stop"."""
+    return "tool_calls" if parser is not None and parser.has_tool_calls else stats.finish_reason
+
+
 def _engine_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     message = exc.message if isinstance(exc, MoecliError) else str(exc)
+    if isinstance(exc, BadInput):  # what the request asked that llama.cpp refused (a grammar)
+        return bad_request(message)
     return ApiError(500, message or type(exc).__name__, "server_error")
 
 
@@ -379,7 +389,7 @@ def _sampling(engine, body, chat: bool) -> tuple[Sampling, int]:
 # --- running it -----------------------------------------------------------------------------------
 def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key: str | None = None,
         scheduler_options: dict | None = None, on_ready: Callable[[object], None] | None = None,
-        log: Callable[[str], None] | None = None) -> None:
+        log: Callable[[str], None] | None = None, chat_template: tuple[str | None, object | None] = (None, None)) -> None:
     """Listen on host:port at once, load the model in a thread (503 meanwhile), serve until
     Ctrl-C or SIGTERM. A failed load stops the server and is raised here."""
     import uvicorn
@@ -408,8 +418,12 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
             if state.stopping:
                 engine.close()
                 return
-            with contextlib.suppress(MoecliError):  # the template is compiled here, not in a handler
-                engine.render_chat([{"role": "user", "content": "hi"}])
+            if any(chat_template):  # --chat-template / --chat-template-file (checked before the load)
+                engine.use_chat_template(*chat_template)
+            with contextlib.suppress(MoecliError):  # none that fits: each chat request is a 400 saying so
+                if engine.template.notice:
+                    state.log(engine.template.notice)
+                engine.render_chat([{"role": "user", "content": "hi"}])  # compiled here, not in a handler
             state.engine = engine
             state.scheduler = Scheduler(engine, **(scheduler_options or {}))
             if on_ready:

@@ -88,6 +88,7 @@ class Job:
     emit: Callable[[str, object], None]
     stop: Sequence[str] = ()
     n_predict: int = -1
+    special: bool = False  # control tokens written out (tool-call markers that are control tokens)
     cancelled: bool = False
     t_queued: float = field(default_factory=time.perf_counter)
 
@@ -196,7 +197,7 @@ class Scheduler:
             busy.add(slot.seq_id)
             try:
                 cache_n = self.cache.prepare(self.batcher, slot, job.tokens)
-                sampler = Sampler(self.engine, job.sampling, job.tokens)
+                sampler = Sampler(self.engine, job.sampling, job.tokens, special=job.special)
             except Exception as exc:  # noqa: BLE001 - this request fails, the server goes on
                 self.cache.forget(self.batcher, slot)
                 job.emit("error", exc)
