@@ -11,7 +11,6 @@ import functools
 import inspect
 import os
 import sys
-import typing
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,8 +87,10 @@ def with_plan_options(command: Callable) -> Callable:
     """Add the shared planning options to `command`, which takes them as one `request` argument
     (an `app.Request`) and knows whether `-c` was typed (`ctx_given`)."""
     signature = inspect.signature(command)
-    hints = typing.get_type_hints(command, include_extras=True)  # the command's own Annotated options
-    own = [p.replace(annotation=hints.get(name, p.annotation)) for name, p in signature.parameters.items()
+    def evaluated(annotation):  # this module's `from __future__ import annotations` made them strings
+        return eval(annotation, globals()) if isinstance(annotation, str) else annotation  # noqa: S307
+
+    own = [p.replace(annotation=evaluated(p.annotation)) for name, p in signature.parameters.items()
            if name not in ("request", "ctx_given")]
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
              for name, (annotation, default) in _PLAN_OPTIONS.items()]

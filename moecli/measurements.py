@@ -27,11 +27,10 @@ from moecli.params import LlamaParams, TensorOverride
 FORMAT = "moecli-measurements"
 VERSION = 1
 MAX_RECORDS = 2000  # ~1 KiB each: a file of a couple of MiB at most
-FILE_NAME = "measurements.json"
 
 
 def path() -> Path:
-    return paths.data_dir() / FILE_NAME
+    return paths.measurements_file()
 
 
 def now() -> str:

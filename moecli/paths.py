@@ -51,6 +51,11 @@ def hf_home() -> Path:
         env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface"))))
 
 
+def measurements_file() -> Path:
+    """What `bench` measured on this machine (moecli.measurements): the plan's calibration."""
+    return data_dir() / "measurements.json"
+
+
 def models_dir() -> Path:
     return data_dir() / "models"
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from moecli import measurements, paths, planner
+from moecli import measurements, planner
 
 
 def main() -> int:
@@ -23,7 +23,7 @@ def main() -> int:
     ap.add_argument("--file", type=Path, default=None, help="measurements.json (default: moecli's own)")
     ap.add_argument("--counts", default="1,2,5", help="how many calibration models to use, e.g. 1,2,5")
     args = ap.parse_args()
-    file = args.file or paths.data_dir() / measurements.FILE_NAME
+    file = args.file or measurements.path()
     store = measurements._parse(file.read_text())
     name = Path(args.target).name
     rows = [m for m in store.measurements if m.n_depth == 0 and m.inputs]

@@ -68,6 +68,9 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
             targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["_LAZY"]:
+            # a package's names imported on first use (PEP 562): {name: its submodule}
+            targets = [f"{name}.{v.value}" for v in node.value.values if isinstance(v, ast.Constant)]
         for target in targets:
             if target not in known:
                 continue

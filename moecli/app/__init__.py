@@ -10,59 +10,42 @@ parse their input, call these, and render what comes back.
     models    pull (with its pre-plan), the pulled models and their verdicts, removal
 """
 
-from moecli.app.chatting import chat_inputs
-from moecli.app.models import (
-    FileCheck,
-    Listed,
-    PrePlan,
-    PullReport,
-    damaged_records,
-    partial_pulls,
-    plan_removal,
-    pull,
-    pull_and_record,
-    pulled_models,
-    remove,
-    verify,
-)
-from moecli.app.planning import (
-    HubFits,
-    MachineOptions,
-    Planned,
-    Request,
-    TunedSkipped,
-    Verdict,
-    check_flags,
-    machine_for,
-    machine_for_loading,
-    plan_for,
-    planned,
-    verdict,
-)
-from moecli.app.resolve import DEMO, Located, local_shards, locate, looks_like_path, read_facts
-from moecli.app.running import (
-    BenchJob,
-    BenchRun,
-    History,
-    Recorded,
-    bench_history,
-    bench_job,
-    ctrl_c_sets,
-    load_engine,
-    record_bench,
-    rpc_exposed,
-    run_bench,
-    serve_rpc,
-    with_threads,
-)
-from moecli.app.serving import ServeJob, Slots, load_for_serving, serve_job
+from __future__ import annotations
 
-__all__ = [
-    "BenchJob", "BenchRun", "DEMO", "FileCheck", "HubFits", "Listed", "Located", "MachineOptions", "PrePlan",
-    "PullReport", "Request", "Verdict", "bench_job", "chat_inputs", "check_flags", "ctrl_c_sets",
-    "damaged_records", "load_engine", "local_shards", "locate", "looks_like_path", "machine_for",
-    "machine_for_loading", "partial_pulls", "plan_for", "plan_removal", "pull", "pull_and_record",
-    "pulled_models", "read_facts", "remove", "rpc_exposed", "run_bench", "serve_rpc", "verdict", "verify", "with_threads",
-    "History", "Planned", "Recorded", "TunedSkipped", "bench_history", "planned", "record_bench",
-    "ServeJob", "Slots", "load_for_serving", "serve_job",
-]
+import importlib
+
+# What each name is and where it lives. Imported on first use (PEP 562): `moecli plan` needs the
+# planning and resolving use cases, not pulling, benching or serving (measured with
+# scripts/bench_plan.py: the whole app package at once cost `plan` ~8 ms of its ~0.3 s).
+_LAZY = {
+    "chat_inputs": "chatting",
+    "FileCheck": "models", "Listed": "models", "PrePlan": "models", "PullReport": "models",
+    "damaged_records": "models", "partial_pulls": "models", "plan_removal": "models", "pull": "models",
+    "pull_and_record": "models", "pulled_models": "models", "remove": "models", "verify": "models",
+    "HubFits": "planning", "MachineOptions": "planning", "Planned": "planning", "Request": "planning",
+    "TunedSkipped": "planning", "Verdict": "planning", "check_flags": "planning", "machine_for": "planning",
+    "machine_for_loading": "planning", "plan_for": "planning", "planned": "planning", "verdict": "planning",
+    "DEMO": "resolve", "Located": "resolve", "local_shards": "resolve", "locate": "resolve",
+    "looks_like_path": "resolve", "read_facts": "resolve",
+    "BenchJob": "running", "BenchRun": "running", "History": "running", "Recorded": "running",
+    "bench_history": "running", "bench_job": "running", "ctrl_c_sets": "running", "load_engine": "running",
+    "record_bench": "running", "rpc_exposed": "running", "run_bench": "running", "serve_rpc": "running",
+    "with_threads": "running",
+    "ServeJob": "serving", "Slots": "serving", "load_for_serving": "serving", "serve_job": "serving",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'moecli.app' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"moecli.app.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+

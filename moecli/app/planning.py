@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from moecli import gguf, machine, measurements, planner
+from moecli import gguf, machine, paths, planner
 from moecli.errors import BadInput, DoesNotFit, EngineError, MoecliError, NotMoE
 from moecli.facts import MachineFacts, ModelFacts
 from moecli.params import LlamaParams, PlacementFlags
 from moecli.units import parse_size
 
 if TYPE_CHECKING:
-    from moecli import hub
+    from moecli import hub, measurements
 
 
 @dataclass(frozen=True)
@@ -215,6 +215,8 @@ def calibration_from(store: measurements.Store, machine_facts: MachineFacts) -> 
     """This machine's measurements as the planner's facts (rows of another shape are skipped)."""
     if not this_machine(machine_facts) or not store.measurements:
         return None  # nothing measured: no need to fingerprint the machine
+    from moecli import measurements
+
     fp = measurements.fingerprint(machine_facts)
     samples = []
     for m in store.of(fp.id):
@@ -261,8 +263,12 @@ def planned(facts: ModelFacts, machine_facts: MachineFacts, request: Request, *,
     where a `bench --sweep` on this machine found a faster configuration for this model and the
     user gave no flags of their own, that configuration, if it fits at the context asked for now;
     its speed predicted from this machine's measurements."""
-    store = measurements.read()
     fresh = plan_for(facts, machine_facts, request, planning=planning)
+    if not paths.measurements_file().exists():  # nothing measured yet (and nothing more to import)
+        return Planned(planner.calibrated(fresh, None))
+    from moecli import measurements
+
+    store = measurements.read()
     calibration = calibration_from(store, machine_facts)
     tuned = skipped = None
     own = request.flags is not None or any(getattr(request.wishes, w) is not None for w in _TUNED_WISHES)
