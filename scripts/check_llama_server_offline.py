@@ -6,7 +6,7 @@ before the repo got a new commit and another quant was pulled? (issue: a moved `
 Pulls quant A (the demo model) from a local Hub server (tests/hubserver.py), gives the repo a new
 commit, pulls quant B, then starts llama-server offline on A and waits for it to answer /health
 with 200. Prints what llama-server said about the model and the verdict. Needs a llama-server built
-from the vendored source (scripts/compare_llama_server.py or build_llama_bench.sh's recipe).
+from the vendored source (scripts/build_llama_tool.sh llama-server).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 """moecli's overhead over llama.cpp: `moecli bench` against llama.cpp's own `llama-bench`, same file,
 same threads, same placement, run alternately in one session so machine noise hits both.
 
-    scripts/build_llama_bench.sh /tmp/lbench          # once: llama-bench from the pinned sdist
+    scripts/build_llama_tool.sh llama-bench /tmp/lbench # once: llama-bench from the pinned sdist
     python scripts/compare_llama_bench.py --llama-bench /tmp/lbench/cmake/bin/llama-bench \
         [--model FILE | --make-model] [--same-libs] [-t 2] [-n 128] [-r 5] [--rounds 3] [--json OUT.json] [-- EXTRA FLAGS]
 

@@ -2,7 +2,7 @@
 """`moecli serve` against llama.cpp's own `llama-server`: same GGUF, same flags and threads, same
 requests, one server after the other (never both at once), through the official openai client.
 
-    scripts/build_llama_server.sh                      # once: llama-server from the pinned sdist
+    scripts/build_llama_tool.sh llama-server           # once: llama-server from the pinned sdist
     python scripts/compare_llama_server.py [--llama-server BIN] [--model FILE] [-t 2] [-np 4] [-c 8192]
         [--json OUT.json]
 
