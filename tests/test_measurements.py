@@ -230,3 +230,14 @@ def test_with_several_runs_a_term_earns_its_place_by_predicting_runs_left_out():
     target = planner.calibrated(planner.plan(moe_model(n_layer=16, n_expert=8, n_vocab=4096), CPU_BOX), samples_of(plans))
     assert target.speed.decode.tokens_per_s == pytest.approx(true_speed(target)[0], rel=0.02)
     assert "per layer" in dict(target.speed.decode.terms) or "per token" in dict(target.speed.decode.terms)
+
+
+def test_a_run_whose_devices_have_no_known_bandwidth_is_left_out_not_misfiled():
+    """Neither the run nor this machine knows the RAM's bandwidth: the run cannot be used (and
+    used to end in an UnboundLocalError, or be filed under the previous run's configuration)."""
+    unknown = replace(CPU_BOX, ram_bandwidth=None)
+    run = cpu_plan(8).speed.inputs
+    cal = planner.Calibration((planner.SpeedSample(replace(run, bandwidths=(("CPU", None),)), "tg", 20.0,
+                                                   "2026-12-01T10:00:00"),))
+    speed = planner.calibrated(planner.plan(qwen36_35b_a3b(16), unknown), cal).speed
+    assert speed.decode.kind != "calibrated" and speed.decode.tokens_per_s is None

@@ -330,8 +330,9 @@ def predict(inputs: SpeedInputs, decode: DecodeEstimate, calibration: Calibratio
             # figure on a busy machine) must not shift what the fit learnt of this machine
             x = replace(s.inputs, bandwidths=_same_devices(s.inputs.bandwidths, inputs.bandwidths))
             cols = columns(x, s.n_tokens or size) if test == "pp" else columns(x)
-            if cols is not None and s.tokens_per_s > 0:
-                key = (s.inputs.model, s.inputs.config, s.n_tokens if test == "pp" else 0)
+            if cols is None or s.tokens_per_s <= 0:
+                continue
+            key = (s.inputs.model, s.inputs.config, s.n_tokens if test == "pp" else 0)
             points.setdefault(key, [cols, [], []])[1].append(1.0 / s.tokens_per_s)
             points[key][2].append(s.spread)
         used = [(c, ys) for c, ys, _ in list(points.values())[:MAX_SAMPLES]]
