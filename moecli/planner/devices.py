@@ -45,16 +45,15 @@ from moecli.planner.memory import (
     _Setup,
 )
 from moecli.planner.model import _Model
-from moecli.planner.speed import EFFICIENCY
+from moecli.planner.placement import _load_mode
+from moecli.planner.speed import EFFICIENCY, _tensor_bytes_per_token
 from moecli.planner.types import (
     DEFAULT_MARGIN,
     DecodeEstimate,
     Finding,
     GaveUpLayers,
     GpuOverBudget,
-    LoadIntoRam,
     MemoryBreakdown,
-    MmapRamShort,
     Placement,
     TensorPlacement,
     Wishes,
@@ -409,14 +408,7 @@ class _DeviceSearch:
         return experts
 
     def load_mode(self, where: _DWhere, acc: _DAccount) -> tuple[str, list[Finding]]:
-        if self.wishes.load_mode:
-            return self.wishes.load_mode, []
-        cpu_weights = any(d == CPU and not t.is_input for t, d in zip(self.m.tensors, where.devices))
-        if not cpu_weights:
-            return "mmap", []
-        if acc.cpu.fits:
-            return "none", [LoadIntoRam()]
-        return "mmap", [MmapRamShort(acc.cpu.total, acc.cpu.budget)]
+        return _load_mode(self.m, where.devices, acc.cpu, self.wishes.load_mode)
 
     def params_for(self, setup: _Setup, ngl: int, counts: list[int], experts: dict[int, str], load_mode: str,
                    threads: int) -> LlamaParams:
@@ -501,16 +493,7 @@ def decode(m: _Model, where: _DWhere, machine: MachineFacts, devs: Sequence[_Dev
     f = m.facts
     by = {d.name: d for d in devs}
     per = dict.fromkeys([*by, CPU], 0)
-    share = f.n_expert_used / f.n_expert if f.n_expert else 1.0
-    for t, device in zip(m.tensors, where.devices):
-        if device is None:
-            continue
-        if t.kind:
-            per[device] += int(t.info.n_bytes * share)
-        elif t.is_input:
-            per[device] += t.info.n_bytes // max(1, t.info.shape[-1])
-        else:
-            per[device] += t.info.n_bytes
+    _tensor_bytes_per_token(m, where.devices, per)
     if copied:
         per[where.output()] += copied
     for layer, size in m.recurrent_per_layer:

@@ -12,7 +12,7 @@ from moecli.facts import KV_CELL_PAD, GpuFacts, MachineFacts, ModelFacts
 from moecli.params import ALL_LAYERS, CPU, LlamaParams
 from moecli.planner.memory import OP_OFFLOAD_MIN_BATCH, _Account, _account, _kv_bytes, _runtime_overhead, _Setup
 from moecli.planner.model import _Model, _prepare, _Tensor
-from moecli.planner.placement import _describe, _params_for, _Where, _where, _where_from_params
+from moecli.planner.placement import _describe, _load_mode, _params_for, _Where, _where, _where_from_params
 from moecli.planner.speed import _decode, _speed_inputs, predict
 from moecli.planner.types import (
     DEFAULT_BATCH,
@@ -34,9 +34,7 @@ from moecli.planner.types import (
     GaveUpUbatch,
     GpuOverBudget,
     Kind,
-    LoadIntoRam,
     MmapExpertsSlowPrompt,
-    MmapRamShort,
     MtpNotLoaded,
     NoExpertsOnGpu,
     NonExpertsOnCpu,
@@ -472,18 +470,7 @@ class _Search:
         return gpu_layers, None
 
     def load_mode(self, setup: _Setup, where: _Where) -> tuple[str, list[Finding]]:
-        """Read into RAM (-lm none) when weights other than the embedding stay on the CPU and RAM
-        holds them: the GPU then copies them for prompts from pinned memory, ~5x faster prompts
-        (see MmapExpertsSlowPrompt for the measured figures). Otherwise mmap."""
-        if self.wishes.load_mode:
-            return self.wishes.load_mode, []
-        acc = self.gpu_account(setup, where)
-        cpu_weights = any(d == CPU and not t.is_input for t, d in zip(self.m.tensors, where.devices))
-        if not cpu_weights:
-            return "mmap", []
-        if acc.cpu.fits:
-            return "none", [LoadIntoRam()]
-        return "mmap", [MmapRamShort(acc.cpu.total, acc.cpu.budget)]
+        return _load_mode(self.m, where.devices, self.gpu_account(setup, where).cpu, self.wishes.load_mode)
 
     def does_not_fit(self, setup: _Setup) -> NoReturn:
         acc = self.gpu_account(setup, _where(self.m, 0, gpu_experts=()))

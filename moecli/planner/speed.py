@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 EFFICIENCY = (0.25, 0.60)
 
 
-def _decode(m: _Model, where: _Where, machine: MachineFacts, gpu: GpuFacts | None, copied: int) -> DecodeEstimate:
+def _tensor_bytes_per_token(m: _Model, devices, per_device: dict[str, int]) -> None:
+    """Add to `per_device` the weight bytes one decoded token reads on each tensor's device
+    (`devices`, in m.tensors' order): top-k of the routed experts, one row of the embedding, every
+    other loaded tensor whole."""
     f = m.facts
-    per_device = {GPU: 0, CPU: 0}
     share = f.n_expert_used / f.n_expert if f.n_expert else 1.0
-    for t, device in zip(m.tensors, where.devices):
+    for t, device in zip(m.tensors, devices):
         if device is None:
             continue
         if t.kind:
@@ -39,6 +41,12 @@ def _decode(m: _Model, where: _Where, machine: MachineFacts, gpu: GpuFacts | Non
             per_device[device] += t.info.n_bytes // max(1, t.info.shape[-1])  # one row per token
         else:
             per_device[device] += t.info.n_bytes
+
+
+def _decode(m: _Model, where: _Where, machine: MachineFacts, gpu: GpuFacts | None, copied: int) -> DecodeEstimate:
+    f = m.facts
+    per_device = {GPU: 0, CPU: 0}
+    _tensor_bytes_per_token(m, where.devices, per_device)
     if copied:  # the GPU reads its copy of a tied head, not the CPU's embedding table
         per_device[GPU] += copied
     for layer, size in m.recurrent_per_layer:  # each token reads and rewrites the state
