@@ -456,3 +456,34 @@ def test_auto_slots_cost_no_expert_layer_on_the_gpu():
     assert roomy.slots.n == 4  # no GPU to take expert layers from, RAM for every state
     tight = usecases.serve_job(qwen, machine_mod.apply_overrides(gtx, cpu_only=True), request)
     assert tight.plan.fits and tight.slots.n < 4  # 24 GiB of RAM: not for 4 states and the weights
+
+
+def test_a_step_puts_the_slots_in_order_whatever_order_they_were_taken(demo_model_session):
+    """Without a unified KV cache llama.cpp puts only sequences with consecutive ids in one ubatch
+    (llama_batch_allocr::split_equal): 4 slots out of order cost 4 passes over the weights a step."""
+    from moecli.engine import Engine, Sampling
+    from moecli.params import LlamaParams
+    from moecli.serve.slots import Job, Scheduler
+
+    with Engine(demo_model_session, LlamaParams(n_ctx=1024, n_threads=1), n_seq_max=4) as engine:
+        scheduler = Scheduler(engine)
+        steps: list[list[int]] = []
+        decode = scheduler.batcher.decode
+        scheduler.batcher.decode = lambda parts: (steps.append([p.seq_id for p in parts if len(p.tokens) == 1]),
+                                                  decode(parts))[1]
+        for slot, last_used in zip(scheduler.cache.slots, (4.0, 3.0, 2.0, 1.0)):
+            slot.last_used = last_used  # the unused-longest slot is taken first: 3, then 2, 1, 0
+        done = threading.Semaphore(0)
+        taken = []
+        for k in range(4):
+            scheduler.submit(Job(engine.tokenize(f"prompt {k}"), Sampling(temp=0.0, ignore_eos=True),
+                                 lambda kind, value: kind in ("done", "error") and (taken.append(value), done.release()),
+                                 n_predict=12))
+        try:
+            assert all(done.acquire(timeout=60) for _ in range(4))
+        finally:
+            scheduler.stop()
+    assert all(not isinstance(v, Exception) for v in taken)
+    together = [s for s in steps if len(s) == 4]
+    assert together, steps  # the four did decode together
+    assert all(s == sorted(s) for s in steps), steps

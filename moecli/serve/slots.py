@@ -221,6 +221,10 @@ class Scheduler:
             return
         parts: list[tuple[_Active, Part]] = []
         budget = self.batcher.capacity
+        # In slot order, as llama-server's update_slots: without a unified KV cache llama.cpp puts
+        # in one ubatch only sequences whose ids follow each other (llama_batch_allocr::split_equal,
+        # sequential), so 4 slots out of order would be 4 ubatches, each reading every weight again.
+        self._active.sort(key=lambda a: a.slot.seq_id)
         for a in self._active:
             if a.next_token is not None:
                 parts.append((a, Part(a.slot.seq_id, len(a.slot.tokens), [a.next_token], logits=True)))
