@@ -43,6 +43,16 @@ class EngineError(MoecliError):
     """llama.cpp refused to load the model or to create a context."""
 
 
+class EngineLost(EngineError):
+    """llama.cpp's context cannot go on (an RPC worker it uses stopped answering): nothing more can
+    be computed in this process. `workers`: the endpoints that no longer answer (or, where none can
+    be told apart, all of them)."""
+
+    def __init__(self, message: str, hint: str = "", workers: tuple[str, ...] = ()) -> None:
+        super().__init__(message, hint)
+        self.workers = workers
+
+
 class HubError(MoecliError):
     """The Hugging Face Hub (or a mirror) could not give what was asked."""
 

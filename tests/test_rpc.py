@@ -1,7 +1,9 @@
 """llama.cpp's RPC backend for real: two `moecli rpc-server` processes on 127.0.0.1, the demo model
 split across the local CPU and both workers, the same greedy tokens as a local-only run, a bench
 over RPC, and faults (a worker not there at start, a worker killed mid-run) as one line in bounded
-time. Skipped, with the reason, where this llama-cpp-python was built without RPC."""
+time; `serve` over both workers, and a worker killed or hung mid-stream: the requests end with
+503s naming it, the server goes on answering and stops cleanly. Skipped, with the reason, where
+this llama-cpp-python was built without RPC."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from cliutil import ROOT, assert_one_error, env, moecli
@@ -137,3 +141,123 @@ def test_worker_killed_mid_run_ends_the_run_with_one_line(workers):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "RPC worker" in errors[0] and endpoints[1] in errors[0], err
     assert "Traceback" not in err
+
+
+# --- serve ----------------------------------------------------------------------------------------
+SERVE = ("--cpu-only", "-np", "2", "-c", "8192", "-t", "1")
+LONG = {"max_tokens": 100000, "extra_body": {"ignore_eos": True}}
+
+
+def _serve(tmp_path, *args: str, **extra_env: str):
+    """`moecli serve demo ARGS` as test_serve starts it (ready once /health is 200)."""
+    from test_serve import start  # skips where the openai package is missing
+
+    return start(tmp_path, *SERVE, *args, home=Path(os.environ["MOECLI_HOME"]), extra_env=extra_env)
+
+
+def _greedy(server) -> str:
+    r = server.client().chat.completions.create(model="x", messages=[{"role": "user", "content": "Hello"}],
+                                                max_tokens=24, temperature=0)
+    return r.choices[0].message.content
+
+
+def test_serve_over_two_workers_answers_as_a_local_server(tmp_path, workers):
+    endpoints, _ = workers
+    local = _serve(tmp_path)
+    try:
+        expected = _greedy(local)
+    finally:
+        assert local.stop() == 0
+    split = _serve(tmp_path, "--rpc", ",".join(endpoints))
+    try:
+        assert expected.strip() and _greedy(split) == expected
+    finally:
+        assert split.stop() == 0
+    assert "RPC0" in split.log_text() and "RPC1" in split.log_text()  # the plan's line names both devices
+
+
+class _Request(threading.Thread):
+    """One long chat request in a thread: its text pieces, and the exception that ended it."""
+
+    def __init__(self, server, stream: bool) -> None:
+        super().__init__(daemon=True)
+        self.server, self.stream, self.pieces, self.error = server, stream, [], None
+
+    def run(self) -> None:
+        try:
+            r = self.server.client(timeout=60).chat.completions.create(
+                model="x", messages=[{"role": "user", "content": "Tell me a story."}], stream=self.stream, **LONG)
+            for chunk in r if self.stream else ():
+                if chunk.choices:
+                    self.pieces.append(chunk.choices[0].delta.content or "")
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            self.error = exc
+
+
+def _lose_a_worker_mid_stream(tmp_path, workers, fault, *extra, **extra_env):
+    """A server over both workers with a stream and a whole reply in flight; `fault(worker)` then
+    ends a worker. Returns (server, the two requests, seconds until both ended, the worker)."""
+    endpoints, procs = workers
+    server = _serve(tmp_path, "--rpc", ",".join(endpoints), *extra, **extra_env)
+    whole, stream = _Request(server, stream=False), _Request(server, stream=True)
+    whole.start()
+    time.sleep(0.3)
+    stream.start()
+    deadline = time.monotonic() + 60
+    while len(stream.pieces) < 5 and stream.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(stream.pieces) >= 5 and whole.is_alive(), (stream.error, whole.error, server.log_text())
+    fault(procs[1])
+    faulted = time.monotonic()
+    whole.join(30)
+    stream.join(30)
+    return server, whole, stream, time.monotonic() - faulted, endpoints[1]
+
+
+def _assert_lost(server, whole, stream, took, worker, words):
+    """Both requests ended with OpenAI-shaped 503s naming the worker, in bounded time; the next
+    request and /health say the same; the server goes on answering, and SIGTERM ends it at once."""
+    import openai
+    from test_serve import raw
+
+    assert not whole.is_alive() and not stream.is_alive() and took < 20, (took, server.log_text())
+    assert isinstance(stream.error, openai.APIError) and worker in stream.error.message, stream.error
+    assert words in stream.error.message and "restart the worker" in stream.error.message
+    assert stream.error.body["code"] == 503 and stream.error.body["type"] == "unavailable_error"
+    assert isinstance(whole.error, openai.APIStatusError) and whole.error.status_code == 503, whole.error
+    assert worker in whole.error.message
+    t0 = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as later:
+        _greedy(server)
+    assert later.value.status_code == 503 and worker in later.value.message and time.monotonic() - t0 < 5
+    status, body = raw(server, "GET", "/health")
+    assert status == 503 and worker in body["error"]["message"] and body["error"]["type"] == "unavailable_error"
+    assert server.proc.poll() is None
+    server.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    assert server.proc.wait(timeout=15) == 0 and time.monotonic() - t0 < 10
+    assert "Traceback" not in server.log_text()
+
+
+def test_serve_worker_killed_mid_stream_ends_the_requests_not_the_server(tmp_path, workers):
+    server, whole, stream, took, worker = _lose_a_worker_mid_stream(tmp_path, workers, lambda p: p.kill())
+    try:
+        _assert_lost(server, whole, stream, took, worker, "stopped answering")
+        assert workers[0][0] not in stream.error.message  # the worker still there is not blamed
+    finally:
+        server.stop()
+
+
+def test_serve_hung_worker_ends_the_requests_after_the_timeout(tmp_path, workers):
+    """A worker that stops without closing its sockets (SIGSTOP): the watchdog ends the engine."""
+    procs = workers[1]
+    try:
+        server, whole, stream, took, worker = _lose_a_worker_mid_stream(
+            tmp_path, workers, lambda p: p.send_signal(signal.SIGSTOP), MOECLI_RPC_TIMEOUT="3")
+        try:
+            assert took >= 3
+            _assert_lost(server, whole, stream, took, worker, "did not answer within 3 s")
+        finally:
+            server.stop()
+    finally:
+        procs[1].kill()  # a stopped process would not heed the fixture's SIGTERM

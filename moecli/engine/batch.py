@@ -13,6 +13,7 @@ import llama_cpp.llama_cpp as _llama
 from moecli.engine import state
 from moecli.engine.core import Engine, Utf8Stream
 from moecli.engine.logs import _error_detail
+from moecli.engine.rpc import watch as _rpc_watch
 from moecli.engine.sampling import Sampling, _sampler_chain
 from moecli.errors import EngineError
 
@@ -68,7 +69,8 @@ class Batcher:
         if n > self.capacity:
             raise ValueError("batch over capacity")
         b.n_tokens = n
-        rc = _llama.llama_decode(self.ctx, b)
+        with _rpc_watch():
+            rc = _llama.llama_decode(self.ctx, b)
         if rc != 0:
             sink = self.engine._sink
             raise DecodeFailed(rc, _error_detail(sink) if sink else "")
@@ -86,10 +88,12 @@ class Batcher:
         _llama.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
     def save(self, seq_id: int, n_tokens: int) -> state.Checkpoint:
-        return state.save(self.ctx, seq_id, n_tokens)
+        with _rpc_watch():  # the state is read from the devices that hold it
+            return state.save(self.ctx, seq_id, n_tokens)
 
     def restore(self, seq_id: int, checkpoint: state.Checkpoint) -> bool:
-        return state.restore(self.ctx, seq_id, checkpoint)
+        with _rpc_watch():
+            return state.restore(self.ctx, seq_id, checkpoint)
 
 
 class Sampler:
@@ -103,7 +107,8 @@ class Sampler:
         self.text = Utf8Stream()
 
     def sample(self, ctx: int, index: int) -> int:
-        return _llama.llama_sampler_sample(self.chain, ctx, index)  # also accepts the token
+        with _rpc_watch():  # the logits wait for the decode, which llama_decode only started
+            return _llama.llama_sampler_sample(self.chain, ctx, index)  # also accepts the token
 
     def is_eog(self, token: int) -> bool:
         return bool(_llama.llama_vocab_is_eog(self.engine._vocab, token))

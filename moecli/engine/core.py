@@ -275,6 +275,13 @@ class Engine:
             _LOG.close(self._sink)
             self._sink = None
 
+    def abandon(self) -> None:
+        """Forget llama.cpp's objects without freeing them (close() and __del__ then do nothing):
+        for an engine lost with an RPC worker, whose decoding thread stays blocked inside llama.cpp
+        for good; freeing the context under it could hang or crash the exit. The exit takes the
+        memory back."""
+        self._ctx = self._model = self._mparams = self._sink = self._threadpools = None
+
     def __enter__(self) -> Engine:
         return self
 
@@ -492,7 +499,8 @@ class Engine:
                 if should_stop():
                     self.last_stop_reason = "should_stop"
                     break
-                token = _llama.llama_sampler_sample(chain, ctx, -1)
+                with _rpc_watch():  # the logits wait for the decode, which llama_decode only started
+                    token = _llama.llama_sampler_sample(chain, ctx, -1)
                 if n_sampled == 0:
                     ttft_ms = (time.perf_counter() - t_start) * 1e3
                 n_sampled += 1

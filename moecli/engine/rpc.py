@@ -9,10 +9,25 @@ on an open network).
 Faults: ggml-rpc aborts the process (GGML_ABORT) when it cannot connect or when a worker stops
 answering mid-run ("Remote RPC server crashed or returned malformed response"). `connect` checks
 each worker with a plain TCP connection first (a timeout, one line naming the one that does not
-answer), and installs a ggml abort callback that turns an abort into one `error:` line naming the
-workers that no longer answer, then ends the process (exit 1) instead of a backtrace. A worker
-killed mid-run closes its sockets, so that is immediate; a worker that hangs without closing is
-caught by `watch`: no decode step may take longer than MOECLI_RPC_TIMEOUT seconds (default 120).
+answer), and installs a ggml abort callback. A worker killed mid-run closes its sockets, so that
+is immediate; a worker that hangs without closing is caught by `watch`: no step that talks to the
+workers may take longer than MOECLI_RPC_TIMEOUT seconds (default 120). Those steps are llama_decode,
+the sampling after it (llama_decode only starts the computation; reading the logits waits for it)
+and state copies.
+
+What a fault does depends on the process (`on_fault`). By default (`run`, `bench`): one `error:`
+line naming the workers that no longer answer, and exit 1 instead of a backtrace. With a hook
+(`serve`): the hook gets an EngineLost naming them and the process goes on; the llama.cpp context
+is lost for good (the thread that met the fault never returns), so the server answers every
+request with that error until it is restarted.
+
+The abort comes on ggml-rpc's own thread (one per worker, rpc_dispatcher, which sends the commands
+and reads the answers; a thread Python did not start), while the thread that called llama.cpp
+(`moecli-slots` in serve) waits in C for that thread's answer. ggml calls abort() as soon as the
+callback returns, so in serve mode the callback never returns: it parks its thread in
+threading.Event().wait(), which releases the GIL (a ctypes callback holds it while Python runs),
+and the calling thread stays blocked where it is, GIL released too. (A ggml-rpc without that
+thread would abort on the calling thread, and park that one: it comes to the same.)
 """
 
 from __future__ import annotations
@@ -23,10 +38,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from moecli.engine.capi import _c, _dev_get, _init_backend, _libggml, _reg_proc_address, _sz, _vp
-from moecli.errors import EngineError
+from moecli.errors import EngineError, EngineLost
 
 FIX = 'CMAKE_ARGS="-DGGML_RPC=on" pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python==0.3.36'
 CONNECT_TIMEOUT = 5.0  # seconds to open a TCP connection to a worker before calling it unreachable
@@ -56,6 +72,9 @@ def _set_abort_callback():
 _lock = threading.Lock()
 _servers: dict[str, list[int]] = {}  # endpoint -> its devices, registered once per process
 _abort_hook = None
+_fault_hook: Callable[[EngineLost], None] | None = None  # on_fault: None, exit; else serve's hook
+_lost: EngineLost | None = None  # the first fault met in serve mode (later ones only park)
+_lost_lock = threading.Lock()
 
 
 def supported() -> bool:
@@ -91,14 +110,71 @@ def _check(endpoint: str) -> None:
                           f"start it there: moecli rpc-server --host HOST --port {_split(endpoint)[1]} (or drop it from --rpc)")
 
 
+def on_fault(hook: Callable[[EngineLost], None] | None) -> None:
+    """How a worker fault ends, for the whole process. None (the default; `run`, `bench`): one
+    `error:` line and exit 1. A hook (`serve`): the process goes on; the hook is called once, from
+    ggml-rpc's thread or the watchdog's (it must be thread-safe and make no llama.cpp call), with
+    an EngineLost naming the workers; the thread that met the fault is parked for good."""
+    global _fault_hook
+    _fault_hook = hook
+
+
+def _silent(settle: float = 1.5) -> list[str]:
+    """The workers that refuse a TCP connection (a dead process: its port is closed), asked again
+    for up to `settle` seconds (a killed process may close the socket we read before the one it
+    listens on); else those that did not take one in time (a machine gone); else all of them (a
+    hung worker: its kernel still accepts). A live worker serves one client at a time with a
+    listen backlog of 1, so while it serves us a probe may go unanswered: a timeout alone says little."""
+    deadline = time.monotonic() + settle
+    while True:
+        why: dict[str, OSError | None] = {}
+        for endpoint in list(_servers):
+            try:
+                with socket.create_connection(_split(endpoint), timeout=0.25):
+                    why[endpoint] = None
+            except OSError as exc:
+                why[endpoint] = exc
+        refused = [e for e, exc in why.items() if exc is not None and not isinstance(exc, TimeoutError)]
+        if refused or time.monotonic() >= deadline:
+            return refused or [e for e, exc in why.items() if exc is not None] or list(_servers)
+        time.sleep(0.1)
+
+
+def _who(workers: list[str]) -> str:
+    return ("RPC worker " + ", ".join(workers)) if workers else "an RPC worker"
+
+
+def _report(message: str, workers: list[str]) -> None:
+    """Serve mode: the first fault becomes the EngineLost the hook gets; later ones are dropped."""
+    global _lost
+    with _lost_lock:
+        if _lost is not None:
+            return
+        _lost = EngineLost(message, "restart the worker (moecli rpc-server), then this server: llama.cpp cannot "
+                                    "go on without it", tuple(workers))
+    hook = _fault_hook
+    if hook is not None:
+        hook(_lost)
+
+
+def _park() -> None:
+    """Never return (ggml calls abort() when its callback returns); the GIL is released meanwhile."""
+    threading.Event().wait()
+
+
 def _on_abort(message: bytes | None) -> None:
-    """ggml is about to abort(): say in one line which workers no longer answer, and exit."""
+    """ggml is about to abort(): name the workers that no longer answer; then exit (run, bench) or
+    report and park this thread (serve)."""
     text = (message or b"").decode(errors="replace").split(": ", 1)[-1].strip()
-    gone = [e for e in list(_servers) if reachable(e, timeout=1.0) is not None]
-    who = ("RPC worker " + ", ".join(gone or list(_servers))) if _servers else "an RPC worker"
-    sys.stderr.write(f"error: {who} stopped answering ({text}); the run stopped\n")
-    sys.stderr.flush()
-    os._exit(1)
+    workers = _silent()
+    if _fault_hook is None:
+        sys.stderr.write(f"error: {_who(workers)} stopped answering ({text}); the run stopped\n")
+        sys.stderr.flush()
+        os._exit(1)
+    try:
+        _report(f"{_who(workers)} stopped answering ({text})", workers)
+    finally:  # even if the hook failed: returning would abort the process
+        _park()
 
 
 def _install_abort_hook() -> None:
@@ -148,9 +224,10 @@ _guard: threading.Thread | None = None
 
 @contextmanager
 def watch():
-    """Bound one step that talks to RPC workers (a decode): past MOECLI_RPC_TIMEOUT seconds, one
-    line and exit; a worker that hangs without closing its socket would otherwise hang the run.
-    Costs two assignments where no worker is connected."""
+    """Bound one step that talks to RPC workers (a decode): past MOECLI_RPC_TIMEOUT seconds, a
+    fault as `on_fault` says (one line and exit, or the hook); a worker that hangs without closing
+    its socket would otherwise hang the run. In serve mode the step stays blocked in llama.cpp (its
+    thread is lost with the engine). Costs two assignments where no worker is connected."""
     global _busy_since
     _busy_since = time.monotonic()
     try:
@@ -166,12 +243,16 @@ def _start_guard() -> None:
     limit = float(os.environ.get("MOECLI_RPC_TIMEOUT") or DEFAULT_TIMEOUT)
 
     def guard() -> None:
-        while True:
+        while _lost is None:
             time.sleep(min(1.0, limit / 4))
             since = _busy_since
             if since is not None and time.monotonic() - since > limit:
-                gone = [e for e in list(_servers) if reachable(e, timeout=1.0) is not None]
-                sys.stderr.write(f"error: RPC worker {', '.join(gone or list(_servers))} did not answer within "
+                workers = _silent()
+                if _fault_hook is not None:
+                    _report(f"{_who(workers)} did not answer within {limit:g} s (MOECLI_RPC_TIMEOUT sets the limit)",
+                            workers)
+                    return
+                sys.stderr.write(f"error: {_who(workers)} did not answer within "
                                  f"{limit:g} s; the run stopped (MOECLI_RPC_TIMEOUT sets the limit)\n")
                 sys.stderr.flush()
                 os._exit(1)

@@ -5,7 +5,11 @@
 
 The model loads in a thread after the server listens (so /health answers 503 meanwhile). One
 Scheduler owns llama.cpp; the handlers tokenize, queue a Job and turn its events into responses.
-Ctrl-C / SIGTERM: the scheduler ends every job (streams finish), then uvicorn stops."""
+Ctrl-C / SIGTERM: the scheduler ends every job (streams finish), then uvicorn stops.
+
+An RPC worker that stops answering loses the engine for good (llama.cpp cannot go on without it):
+the requests in flight end with a 503 (a stream with an error event), as does every later one, and
+/health answers 503 naming the worker, until the server is restarted; the server itself goes on."""
 
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moecli.engine import Sampling
 from moecli.engine.batch import prompt_tokens
-from moecli.errors import BadInput, MoecliError
+from moecli.errors import BadInput, EngineLost, MoecliError
 from moecli.serve import formats
 from moecli.serve.api import ChatCompletionRequest, CompletionRequest
 from moecli.serve.errors import LOADING, UNAUTHORIZED, ApiError, bad_request, too_long
@@ -44,6 +48,7 @@ class ServerState:
     engine: object | None = None
     scheduler: Scheduler | None = None
     load_error: BaseException | None = None
+    lost: EngineLost | None = None  # the engine cannot go on (an RPC worker stopped answering)
     stopping: bool = False
     dispatcher: _Dispatcher | None = None
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
@@ -170,6 +175,8 @@ def create_app(state: ServerState):
         return JSONResponse(ApiError(exc.status_code, message, kind).body(), status_code=exc.status_code)
 
     def ready() -> Scheduler:
+        if state.lost is not None:
+            raise _engine_error(state.lost)
         if state.scheduler is None or state.stopping:
             raise ApiError(503, "the server is stopping", "unavailable_error") if state.stopping else LOADING
         return state.scheduler
@@ -177,6 +184,8 @@ def create_app(state: ServerState):
     @api.get("/health")
     @api.get("/v1/health")
     async def health():
+        if state.lost is not None:
+            return JSONResponse(_engine_error(state.lost).body(), status_code=503)
         if state.scheduler is None:
             return JSONResponse(LOADING.body(), status_code=503)
         return {"status": "ok"}
@@ -294,9 +303,10 @@ def create_app(state: ServerState):
                     _log(path, 200, value)
                     return
                 else:
-                    yield sse(_engine_error(value).body())
+                    error = _engine_error(value)
+                    yield sse(error.body())
                     finished = True
-                    _log(path, 500, None, str(value))
+                    _log(path, error.status, None, str(value))
                     return
         finally:
             if not finished:
@@ -352,6 +362,8 @@ def _finish_reason(stats: Stats, parser) -> str:
 def _engine_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, EngineLost):  # the server is up but cannot serve: 503, as llama-server's while loading
+        return ApiError(503, f"{exc.message}; {exc.hint}", "unavailable_error")
     message = exc.message if isinstance(exc, MoecliError) else str(exc)
     if isinstance(exc, BadInput):  # what the request asked that llama.cpp refused (a grammar)
         return bad_request(message)
@@ -394,6 +406,8 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
     Ctrl-C or SIGTERM. A failed load stops the server and is raised here."""
     import uvicorn
 
+    from moecli.engine import rpc
+
     state = ServerState(alias=alias, api_key=api_key)
     received: list[int] = []
     if log:
@@ -412,6 +426,18 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
                             timeout_graceful_shutdown=5, lifespan="off")
     server = _Server(config)
 
+    def engine_lost(exc: EngineLost) -> None:
+        """From ggml-rpc's thread or the watchdog's: every request ends (503) and /health says why."""
+        state.lost = exc
+        state.log(f"{exc.message}: every request is answered 503 now; {exc.hint}")
+        if state.scheduler is not None:
+            state.scheduler.lost(exc)
+        else:  # while loading: a failed load
+            state.load_error = exc
+            server.should_exit = True
+
+    rpc.on_fault(engine_lost)
+
     def loader() -> None:
         try:
             engine = load()
@@ -426,6 +452,8 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
                 engine.render_chat([{"role": "user", "content": "hi"}])  # compiled here, not in a handler
             state.engine = engine
             state.scheduler = Scheduler(engine, **(scheduler_options or {}))
+            if state.lost is not None:  # lost before the scheduler was there to be told
+                state.scheduler.lost(state.lost)
             if on_ready:
                 on_ready(engine)
         except BaseException as exc:  # noqa: BLE001 - reported by run()
@@ -442,7 +470,10 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
             state.scheduler.stop()
         thread.join(timeout=1)
         if state.engine is not None:
-            state.engine.close()
+            if state.lost is not None:  # the decoding thread is blocked inside llama.cpp for good:
+                state.engine.abandon()  # no cleanup under it (it could hang or crash the exit)
+            else:
+                state.engine.close()
     if state.load_error is not None:
         raise state.load_error
     if signal.SIGINT in received:

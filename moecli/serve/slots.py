@@ -4,7 +4,11 @@ One worker thread owns every llama.cpp call. Each step it admits waiting jobs to
 slot whose cache shares the longest prefix), then builds one batch: the next token of every
 generating slot, then prompt chunks of the others up to n_batch, and calls llama_decode once. A
 job whose client went away (`cancel()`) leaves its slot before the next step. Results go back
-through `job.emit`, which must be thread-safe (the server passes loop.call_soon_threadsafe)."""
+through `job.emit`, which must be thread-safe (the server passes loop.call_soon_threadsafe).
+
+An engine lost for good (`lost()`: an RPC worker stopped answering) ends every job with that
+error, and every later one; the worker thread may then be blocked inside llama.cpp forever, so
+nothing waits for it and nothing frees what it uses."""
 
 from __future__ import annotations
 
@@ -127,15 +131,21 @@ class Scheduler:
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: list[_Active] = []
         self._stopping = False
+        self._lost: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="moecli-slots", daemon=True)
         self._thread.start()
 
     # -- called from other threads ---------------------------------------------------------------
     def submit(self, job: Job) -> None:
+        if self._lost is not None:
+            job.emit("error", self._lost)
+            return
         if self._stopping:
             job.emit("error", RuntimeError("the server is stopping"))
             return
         self._inbox.put(job)
+        if self._lost is not None:  # lost() ran meanwhile, and may have drained the inbox before the put
+            self._end_inbox(self._lost)
 
     @property
     def busy(self) -> int:
@@ -149,13 +159,34 @@ class Scheduler:
         """End every job (they get their "done" with what they have) and the worker."""
         self._stopping = True
         self._inbox.put(None)
-        if wait:
+        if wait and self._lost is None:  # a lost engine's worker may never come back
             self._thread.join(timeout)
+
+    def lost(self, exc: Exception) -> None:
+        """The engine cannot go on: every job in flight, queued or to come ends with `exc`. Called
+        from another thread while the worker is inside llama.cpp (it may never return; if it does,
+        it stops at once); makes no llama.cpp call."""
+        self._lost = exc
+        jobs = [a.job for a in list(self._active)] + list(self._waiting)
+        self._active.clear()
+        self._waiting.clear()
+        for job in jobs:
+            job.emit("error", exc)
+        self._end_inbox(exc)
+
+    def _end_inbox(self, exc: Exception) -> None:
+        try:
+            while True:
+                job = self._inbox.get_nowait()
+                if job is not None:
+                    job.emit("error", exc)
+        except queue.Empty:
+            pass
 
     # -- the worker ------------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            while not self._stopping:
+            while not self._stopping and self._lost is None:
                 self._take_inbox(block=not self._active and not self._waiting)
                 self._admit()
                 if self._active:
@@ -165,12 +196,13 @@ class Scheduler:
                         for a in list(self._active):
                             self._fail(a, exc)
         finally:
-            for a in list(self._active):
-                self._finish(a, "stop")
-            for job in list(self._waiting):
-                job.emit("error", RuntimeError("the server is stopping"))
-            self._waiting.clear()
-            self.batcher.close()
+            if self._lost is None:  # else its jobs have ended, and the context must not be touched
+                for a in list(self._active):
+                    self._finish(a, "stop")
+                for job in list(self._waiting):
+                    job.emit("error", RuntimeError("the server is stopping"))
+                self._waiting.clear()
+                self.batcher.close()
 
     def _take_inbox(self, block: bool) -> None:
         try:
@@ -239,6 +271,8 @@ class Scheduler:
         try:
             self._decode([p for _, p in parts])
         except DecodeFailed as exc:
+            if self._lost is not None:
+                return
             if exc.rc != 1:  # a compute error: as llama-server, the sequences of the batch end
                 for a, _ in parts:
                     self._fail(a, exc)
@@ -252,6 +286,8 @@ class Scheduler:
                     self._fail(a, alone if alone.rc != 1 else ContextFull(len(a.slot.tokens) + len(part.tokens)))
                     continue
                 self._evaluated(a, part)
+            return
+        if self._lost is not None:  # the decode came back after all (a hung worker woke up): too late
             return
         for a, part in parts:
             self._evaluated(a, part)
