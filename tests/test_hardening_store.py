@@ -313,3 +313,16 @@ def test_a_record_from_before_records_were_kept_per_cache_is_still_this_caches(h
     monkeypatch.setenv("HF_HOME", original)
     store.remove(store.plan_removal(record.name))
     assert not flat.exists() and blobs_of(repo) == []
+
+
+def test_a_llama_cpp_assert_is_one_line_not_a_backtrace(tmp_path):
+    """GGML_ASSERT calls ggml's abort callback, then abort(); without one it prints a backtrace
+    (through gdb where installed). A hybrid qwen35moe of 2 layers has no attention layer, so
+    llama.cpp's KV cache gets no buffer (GGML_ASSERT(buffer), ggml-backend.cpp)."""
+    from moecli.synth import build_recipe
+
+    path = tmp_path / "no-attention.gguf"
+    build_recipe("demo", n_layer=2).write(path, fill="random", seed=0)
+    ran = moecli("run", str(path), "-p", "hi", "-n", "2", "--cpu-only", timeout=120)
+    line = assert_one_error(ran, "llama.cpp stopped", "GGML_ASSERT")
+    assert "ggml-backend.cpp" in line and "gdb" not in ran.output and ran.code == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import llama_cpp
 import llama_cpp.llama_cpp as _llama
 
+from moecli.engine import faults
 from moecli.engine.capi import _FLASH_ATTN, _GGML_TYPES, _LOAD_MODES, _buffer_type_table, _BuftOverride, _vp
 from moecli.engine.logs import _LOG_ERROR, _PREFIX, _UNKNOWN_ARCH, _error_detail, _LogSink
 from moecli.errors import BadInput, EngineError, ModelFileError
@@ -98,6 +99,7 @@ class _ModelParams:
 def _load_model(path: Path, mparams: _ModelParams, sink: _LogSink) -> int:
     if not path.is_file():
         raise ModelFileError(f"no model file at {path}", "check the path, or pull a model: moecli pull REPO[:QUANT]")
+    faults.install()  # a GGML_ASSERT from here on is one line, not gdb's backtrace
     model = _llama.llama_model_load_from_file(os.fsencode(path), mparams.struct)
     if model:
         return model

@@ -15,19 +15,8 @@ workers may take longer than MOECLI_RPC_TIMEOUT seconds (default 120). Those ste
 the sampling after it (llama_decode only starts the computation; reading the logits waits for it)
 and state copies.
 
-What a fault does depends on the process (`on_fault`). By default (`run`, `bench`): one `error:`
-line naming the workers that no longer answer, and exit 1 instead of a backtrace. With a hook
-(`serve`): the hook gets an EngineLost naming them and the process goes on; the llama.cpp context
-is lost for good (the thread that met the fault never returns), so the server answers every
-request with that error until it is restarted.
-
-The abort comes on ggml-rpc's own thread (one per worker, rpc_dispatcher, which sends the commands
-and reads the answers; a thread Python did not start), while the thread that called llama.cpp
-(`moecli-slots` in serve) waits in C for that thread's answer. ggml calls abort() as soon as the
-callback returns, so in serve mode the callback never returns: it parks its thread in
-threading.Event().wait(), which releases the GIL (a ctypes callback holds it while Python runs),
-and the calling thread stays blocked where it is, GIL released too. (A ggml-rpc without that
-thread would abort on the calling thread, and park that one: it comes to the same.)
+What a fault does then (one line and exit, or serve's hook) is engine.faults'; this module says
+who is to blame: the workers that no longer answer.
 """
 
 from __future__ import annotations
@@ -35,12 +24,11 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 
+from moecli.engine import faults
 from moecli.engine.capi import _c, _dev_get, _init_backend, _libggml, _reg_proc_address, _sz, _vp
 from moecli.errors import EngineError, EngineLost
 
@@ -57,24 +45,12 @@ _dev_name = _c(_libggml, "ggml_backend_dev_name", ctypes.c_char_p, _vp)
 _dev_by_name = _c(_libggml, "ggml_backend_dev_by_name", _vp, ctypes.c_char_p)
 _dev_count = _c(_libggml, "ggml_backend_dev_count", _sz)
 _dev_type = _c(_libggml, "ggml_backend_dev_type", ctypes.c_int, _vp)
-_abort_callback_t = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 _add_server_t = ctypes.CFUNCTYPE(_vp, ctypes.c_char_p)
 _start_server_t = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, _sz, _sz, ctypes.POINTER(_vp))
 
 
-def _set_abort_callback():
-    """ggml_set_abort_callback of the libggml-base that ggml-rpc uses: looked up through libggml's
-    handle (dlsym searches its dependencies), not by a path: the wheel ships libggml-base.so and
-    libggml-base.so.0 as two copies, and loading one by path would map a second ggml."""
-    return _c(_libggml, "ggml_set_abort_callback", _vp, _abort_callback_t)
-
-
 _lock = threading.Lock()
 _servers: dict[str, list[int]] = {}  # endpoint -> its devices, registered once per process
-_abort_hook = None
-_fault_hook: Callable[[EngineLost], None] | None = None  # on_fault: None, exit; else serve's hook
-_lost: EngineLost | None = None  # the first fault met in serve mode (later ones only park)
-_lost_lock = threading.Lock()
 
 
 def supported() -> bool:
@@ -110,15 +86,6 @@ def _check(endpoint: str) -> None:
                           f"start it there: moecli rpc-server --host HOST --port {_split(endpoint)[1]} (or drop it from --rpc)")
 
 
-def on_fault(hook: Callable[[EngineLost], None] | None) -> None:
-    """How a worker fault ends, for the whole process. None (the default; `run`, `bench`): one
-    `error:` line and exit 1. A hook (`serve`): the process goes on; the hook is called once, from
-    ggml-rpc's thread or the watchdog's (it must be thread-safe and make no llama.cpp call), with
-    an EngineLost naming the workers; the thread that met the fault is parked for good."""
-    global _fault_hook
-    _fault_hook = hook
-
-
 def _silent(settle: float = 1.5) -> list[str]:
     """The workers that refuse a TCP connection (a dead process: its port is closed), asked again
     for up to `settle` seconds (a killed process may close the socket we read before the one it
@@ -144,44 +111,15 @@ def _who(workers: list[str]) -> str:
     return ("RPC worker " + ", ".join(workers)) if workers else "an RPC worker"
 
 
-def _report(message: str, workers: list[str]) -> None:
-    """Serve mode: the first fault becomes the EngineLost the hook gets; later ones are dropped."""
-    global _lost
-    with _lost_lock:
-        if _lost is not None:
-            return
-        _lost = EngineLost(message, "restart the worker (moecli rpc-server), then this server: llama.cpp cannot "
-                                    "go on without it", tuple(workers))
-    hook = _fault_hook
-    if hook is not None:
-        hook(_lost)
+HINT = "restart the worker (moecli rpc-server), then this run or server: llama.cpp cannot go on without it"
 
 
-def _park() -> None:
-    """Never return (ggml calls abort() when its callback returns); the GIL is released meanwhile."""
-    threading.Event().wait()
-
-
-def _on_abort(message: bytes | None) -> None:
-    """ggml is about to abort(): name the workers that no longer answer; then exit (run, bench) or
-    report and park this thread (serve)."""
-    text = (message or b"").decode(errors="replace").split(": ", 1)[-1].strip()
+def _blame(what: str) -> EngineLost | None:
+    """faults.blame: an abort of ggml-rpc's (its messages name RPC) is the silent workers' doing."""
+    if "RPC" not in what:
+        return None
     workers = _silent()
-    if _fault_hook is None:
-        sys.stderr.write(f"error: {_who(workers)} stopped answering ({text}); the run stopped\n")
-        sys.stderr.flush()
-        os._exit(1)
-    try:
-        _report(f"{_who(workers)} stopped answering ({text})", workers)
-    finally:  # even if the hook failed: returning would abort the process
-        _park()
-
-
-def _install_abort_hook() -> None:
-    global _abort_hook
-    if _abort_hook is None:
-        _abort_hook = _abort_callback_t(_on_abort)  # kept alive for the process's lifetime
-        _set_abort_callback()(_abort_hook)
+    return EngineLost(f"{_who(workers)} stopped answering ({what})", HINT, tuple(workers))
 
 
 def connect(endpoints: tuple[str, ...] | list[str]) -> list[str]:
@@ -193,7 +131,8 @@ def connect(endpoints: tuple[str, ...] | list[str]) -> list[str]:
         for endpoint in endpoints:
             if endpoint not in _servers:
                 _check(endpoint)
-                _install_abort_hook()
+                faults.install()
+                faults.blame = _blame
                 _start_guard()
                 add = _add_server_t(_reg_proc_address(reg, b"ggml_backend_rpc_add_server"))
                 server = add(endpoint.encode())
@@ -225,7 +164,7 @@ _guard: threading.Thread | None = None
 @contextmanager
 def watch():
     """Bound one step that talks to RPC workers (a decode): past MOECLI_RPC_TIMEOUT seconds, a
-    fault as `on_fault` says (one line and exit, or the hook); a worker that hangs without closing
+    fault as `faults.on_fault` says (one line and exit, or the hook); a worker that hangs without closing
     its socket would otherwise hang the run. In serve mode the step stays blocked in llama.cpp (its
     thread is lost with the engine). Costs two assignments where no worker is connected."""
     global _busy_since
@@ -243,19 +182,14 @@ def _start_guard() -> None:
     limit = float(os.environ.get("MOECLI_RPC_TIMEOUT") or DEFAULT_TIMEOUT)
 
     def guard() -> None:
-        while _lost is None:
+        while faults.lost() is None:
             time.sleep(min(1.0, limit / 4))
             since = _busy_since
             if since is not None and time.monotonic() - since > limit:
                 workers = _silent()
-                if _fault_hook is not None:
-                    _report(f"{_who(workers)} did not answer within {limit:g} s (MOECLI_RPC_TIMEOUT sets the limit)",
-                            workers)
-                    return
-                sys.stderr.write(f"error: {_who(workers)} did not answer within "
-                                 f"{limit:g} s; the run stopped (MOECLI_RPC_TIMEOUT sets the limit)\n")
-                sys.stderr.flush()
-                os._exit(1)
+                faults.fail(EngineLost(f"{_who(workers)} did not answer within {limit:g} s (MOECLI_RPC_TIMEOUT "
+                                       "sets the limit)", HINT, tuple(workers)))
+                return
 
     _guard = threading.Thread(target=guard, daemon=True, name="moecli-rpc-guard")
     _guard.start()

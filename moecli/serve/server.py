@@ -406,7 +406,7 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
     Ctrl-C or SIGTERM. A failed load stops the server and is raised here."""
     import uvicorn
 
-    from moecli.engine import rpc
+    from moecli.engine import faults
 
     state = ServerState(alias=alias, api_key=api_key)
     received: list[int] = []
@@ -427,7 +427,8 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
     server = _Server(config)
 
     def engine_lost(exc: EngineLost) -> None:
-        """From ggml-rpc's thread or the watchdog's: every request ends (503) and /health says why."""
+        """From the thread that met the fault (ggml-rpc's, a compute thread, the RPC watchdog): every
+        request ends (503) and /health says why."""
         state.lost = exc
         state.log(f"{exc.message}: every request is answered 503 now; {exc.hint}")
         if state.scheduler is not None:
@@ -436,7 +437,7 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
             state.load_error = exc
             server.should_exit = True
 
-    rpc.on_fault(engine_lost)
+    faults.on_fault(engine_lost)
 
     def loader() -> None:
         try:
