@@ -478,6 +478,8 @@ def serve(
     parallel: Annotated[int, typer.Option("--parallel", "-np", help="Slots decoding together (-1: auto = 4 with a unified KV cache).", rich_help_panel="Server")] = -1,
     kv_unified: Annotated[Optional[bool], typer.Option("--kv-unified/--no-kv-unified", "-kvu/-no-kvu", help="One KV cache shared by the slots (default: on with auto slots); otherwise -c is divided among them.", rich_help_panel="Server", show_default=False)] = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="LLAMA_API_KEY", help="Require 'Authorization: Bearer KEY' (also LLAMA_API_KEY).", rich_help_panel="Server", show_default=False)] = None,
+    slots_endpoint: Annotated[bool, typer.Option("--slots/--no-slots", envvar="LLAMA_ARG_ENDPOINT_SLOTS", help="GET /slots: what each slot runs and caches (default: on).", rich_help_panel="Server", show_default=False)] = True,
+    metrics: Annotated[bool, typer.Option("--metrics", envvar="LLAMA_ARG_ENDPOINT_METRICS", help="GET /metrics: llama-server's Prometheus counters (default: off).", rich_help_panel="Server", show_default=False)] = False,
     alias: Annotated[Optional[str], typer.Option("--alias", "-a", help="The model's name in /v1/models (default: the file's name).", rich_help_panel="Server")] = None,
     ctx_checkpoints: Annotated[int, typer.Option("--ctx-checkpoints", "-ctxcp", help="State checkpoints kept per slot (hybrid and recurrent models).", rich_help_panel="Server")] = 32,
     checkpoint_min_step: Annotated[int, typer.Option("--checkpoint-min-step", "-cms", help="Tokens between checkpoints inside a long prompt.", rich_help_panel="Server")] = 8192,
@@ -490,7 +492,8 @@ def serve(
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (like llama-server).
 
-    POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models and /health.
+    POST /v1/chat/completions and /v1/completions (streaming or not), GET /v1/models, /health,
+    /slots and (with --metrics) /metrics.
     Loads with moecli's plan (or your placement flags) and N slots that decode together; each slot
     keeps a prompt cache, with state checkpoints for hybrid models. Ctrl-C or SIGTERM stops it."""
     import ipaddress
@@ -527,6 +530,7 @@ def serve(
 
     server.run(lambda: usecases.load_for_serving(located.path, job, on_log=_log_sink(out, verbose)),
                host=host, port=port, alias=alias or located.path.name, api_key=api_key, on_ready=ready,
+               endpoint_slots=slots_endpoint, endpoint_metrics=metrics,
                chat_template=(chat_template, chat_template_file),
                scheduler_options={"max_checkpoints": ctx_checkpoints, "cache_ram": cache_ram * 2**20,
                                   "checkpoint_step": checkpoint_min_step or 2**31},

@@ -116,6 +116,50 @@ def raw(server: Server, method: str, path: str, body: bytes | None = None, heade
         return e.code, json.loads(e.read() or b"null")
 
 
+def get_text(server: Server, path: str, headers: dict | None = None):
+    """(status, headers, text) of a GET, for what is not JSON (/metrics)."""
+    req = urllib.request.Request(server.url + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.headers, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+def scrape(server: Server) -> dict[str, float]:
+    """GET /metrics as {name: value}, each sample checked to come after its HELP and TYPE lines."""
+    status, headers, text = get_text(server, "/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4"), text
+    values, helped, typed = {}, set(), set()
+    for line in text.splitlines():
+        words = line.split(" ")
+        if words[:2] == ["#", "HELP"]:
+            helped.add(words[2])
+        elif words[:2] == ["#", "TYPE"]:
+            assert words[3] in ("counter", "gauge"), line
+            typed.add(words[2])
+        else:
+            name, value = words
+            assert name in helped and name in typed, line
+            values[name] = float(value)
+    return values
+
+
+def slots(server: Server) -> list[dict]:
+    status, body = raw(server, "GET", "/slots")
+    assert status == 200, body
+    return body
+
+
+def wait_until(condition, timeout: float = 10.0, step: float = 0.005) -> float:
+    """Seconds until condition() held; fails after `timeout`."""
+    t0 = time.perf_counter()
+    while not condition():
+        assert time.perf_counter() - t0 < timeout, "not within the time allowed"
+        time.sleep(step)
+    return time.perf_counter() - t0
+
+
 USER = [{"role": "user", "content": "Tell me a story about a cat."}]
 
 
@@ -238,6 +282,118 @@ def test_a_client_cut_off_mid_stream_frees_its_slot(server):
     assert server.log_text().count("went away") >= 2
 
 
+# --- /slots and /metrics ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory, home):
+    """One slot, and /metrics."""
+    s = start(tmp_path_factory.mktemp("solo"), "-np", "1", "--metrics", home=home)
+    yield s
+    s.stop()
+
+
+def test_slots_show_the_request_a_slot_runs_then_the_slot_idle(server):
+    c = server.client()
+    prompt = "Once upon a time, in a city of cats,"
+    n_prompt = c.completions.create(model="x", prompt=prompt, max_tokens=1).usage.prompt_tokens
+    stream = c.completions.create(model="x", prompt=prompt, max_tokens=600, temperature=0.3, top_p=0.9, seed=42,
+                                  stream=True, extra_body={"top_k": 7, "ignore_eos": True})
+    chunks = iter(stream)
+    for _ in range(3):
+        next(chunks)
+    running = slots(server)
+    assert len(running) == 2 and [s["id"] for s in running] == [0, 1]
+    busy = [s for s in running if s["is_processing"]]
+    assert len(busy) == 1
+    slot = busy[0]
+    assert slot["n_ctx"] == 2048 and slot["speculative"] is False and isinstance(slot["id_task"], int)
+    params = slot["params"]
+    assert (params["temperature"], params["top_p"], params["top_k"], params["seed"]) == (0.3, 0.9, 7, 42)
+    assert params["max_tokens"] == params["n_predict"] == 600 and params["stream"] is True and params["ignore_eos"] is True
+    assert slot["n_prompt_tokens_processed"] + slot["n_prompt_tokens_cache"] == n_prompt
+    (token,) = slot["next_token"]
+    assert token["has_next_token"] is True and token["n_decoded"] >= 2  # as of the last step: 3 chunks, 2 or 3
+    assert token["n_remain"] == 600 - token["n_decoded"]
+    assert slot["n_prompt_tokens"] == slot["prompt_cache"]["n_tokens"] >= n_prompt + token["n_decoded"] - 1
+    stream.close()  # the client goes away: its slot is free again
+    wait_until(lambda: not any(s["is_processing"] for s in slots(server)))
+    idle = slots(server)[slot["id"]]
+    assert idle["id_task"] == slot["id_task"] and idle["params"] == params  # the last request, as llama-server shows it
+    assert idle["next_token"] == [{"has_next_token": False, "has_new_line": False, "n_remain": -1, "n_decoded": 0}]
+    cache = idle["prompt_cache"]
+    assert cache["n_tokens"] > n_prompt + token["n_decoded"] - 1
+    assert cache["checkpoints"] >= 1 and cache["checkpoint_bytes"] > 0  # the hybrid demo: its reply's end
+    assert raw(server, "GET", "/slots?fail_on_no_slot=1")[0] == 200
+
+
+def test_metrics_are_off_without_the_flag(server):
+    status, _, text = get_text(server, "/metrics")
+    body = json.loads(text)
+    assert status == 501 and body["error"]["type"] == "not_supported_error" and "--metrics" in body["error"]["message"]
+
+
+LLAMA_METRICS = ("prompt_tokens_total", "prompt_tokens_cached_total", "prompt_seconds_total", "tokens_predicted_total",
+                 "tokens_predicted_seconds_total", "n_decode_total", "n_tokens_max", "prompt_tokens_seconds",
+                 "predicted_tokens_seconds", "requests_processing", "requests_deferred", "n_busy_slots_per_decode")
+
+
+def test_metrics_count_exactly_the_tokens_of_each_request(solo):
+    c = solo.client()
+    before = scrape(solo)
+    assert all(f"llamacpp:{name}" in before for name in LLAMA_METRICS)
+    r = c.completions.create(model="x", prompt="The cat sat on the mat and", max_tokens=20, temperature=0,
+                             extra_body={"ignore_eos": True})
+    after = scrape(solo)
+    t = r.model_extra["timings"]
+
+    def grew(name):
+        return after[f"llamacpp:{name}"] - before[f"llamacpp:{name}"]
+
+    assert grew("prompt_tokens_total") == t["prompt_n"] == r.usage.prompt_tokens - t["cache_n"]
+    assert grew("prompt_tokens_cached_total") == t["cache_n"]
+    assert grew("tokens_predicted_total") == r.usage.completion_tokens == 20
+    assert grew("tokens_predicted_seconds_total") == pytest.approx(t["predicted_ms"] / 1e3, abs=1e-6)
+    assert 0 < grew("prompt_seconds_total") <= t["prompt_ms"] / 1e3
+    # the prompt in two batches (the hybrid demo's checkpoint 4 tokens before its end), then each token but the last
+    assert grew("n_decode_total") == 2 + 19
+    assert after["llamacpp:n_busy_slots_per_decode"] == 1.0  # one slot, always busy when decoding
+    assert after["llamacpp:predicted_tokens_seconds"] == pytest.approx(19 / (t["predicted_ms"] / 1e3), rel=1e-6)
+    assert after["llamacpp:prompt_tokens_seconds"] == pytest.approx(
+        grew("prompt_tokens_total") / grew("prompt_seconds_total"), rel=1e-6)
+    assert after["llamacpp:requests_processing"] == after["llamacpp:requests_deferred"] == 0
+    assert after["llamacpp:n_tokens_max"] >= r.usage.total_tokens - 1
+    again = c.completions.create(model="x", prompt="The cat sat on the mat and", max_tokens=5, temperature=0)
+    last = scrape(solo)
+    assert again.model_extra["timings"]["cache_n"] > 0
+    assert last["llamacpp:prompt_tokens_cached_total"] - after["llamacpp:prompt_tokens_cached_total"] == again.model_extra["timings"]["cache_n"]
+    assert last["llamacpp:tokens_predicted_total"] - after["llamacpp:tokens_predicted_total"] == again.usage.completion_tokens
+    assert last["moecli:checkpoints"] >= 1 and last["moecli:checkpoint_bytes"] > 0
+
+
+def test_a_client_gone_from_a_non_streaming_reply_frees_its_slot_at_once(solo):
+    """The only slot runs a reply that would fill the context (seconds); its client closes the
+    connection. The slot is free within a few tokens (a handler that only looked when no token had
+    come for a while would never see it), and the next request is answered at once."""
+    port = int(solo.url.rsplit(":", 1)[1])
+    body = json.dumps({"prompt": "Once upon a time", "max_tokens": 100000, "ignore_eos": True}).encode()
+    before = scrape(solo)["llamacpp:tokens_predicted_total"]
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    wait_until(lambda: slots(solo)[0]["is_processing"] and slots(solo)[0]["next_token"][0]["n_decoded"] >= 5)
+    assert raw(solo, "GET", "/slots?fail_on_no_slot=1")[0] == 503
+    assert scrape(solo)["llamacpp:requests_processing"] == 1
+    seen = slots(solo)[0]["next_token"][0]["n_decoded"]
+    s.close()
+    assert wait_until(lambda: not slots(solo)[0]["is_processing"]) < 0.5  # a step is ~6 ms here
+    generated = scrape(solo)["llamacpp:tokens_predicted_total"] - before
+    assert seen <= generated < seen + 50  # of the ~4090 it would have made
+    t0 = time.perf_counter()
+    r = solo.client(timeout=30).completions.create(model="x", prompt="hello", max_tokens=3,
+                                                   extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 3 and time.perf_counter() - t0 < 5
+    wait_until(lambda: "went away" in solo.log_text())
+
+
 # --- bad input ---------------------------------------------------------------------------------------
 def test_bad_requests_get_openai_shaped_errors(server):
     status, body = raw(server, "POST", "/v1/chat/completions", b"{not json")
@@ -269,8 +425,15 @@ def test_a_body_over_the_limit_is_413(server):
 
 
 def test_the_api_key(tmp_path, home):
-    s = start(tmp_path, "-np", "1", home=home, extra_env={"LLAMA_API_KEY": "sekrit"})
+    s = start(tmp_path, "-np", "1", "--metrics", "--no-slots", home=home, extra_env={"LLAMA_API_KEY": "sekrit"})
     try:
+        for path in ("/slots", "/metrics"):
+            status, _, text = get_text(s, path)
+            assert status == 401 and json.loads(text)["error"]["type"] == "authentication_error"
+        key = {"Authorization": "Bearer sekrit"}
+        assert get_text(s, "/metrics", key)[0] == 200
+        status, _, text = get_text(s, "/slots", key)  # past the key: --no-slots answers as llama-server's
+        assert status == 501 and "--slots" in json.loads(text)["error"]["message"]
         with pytest.raises(openai.AuthenticationError):
             s.client(api_key="wrong").models.list()
         status, body = raw(s, "GET", "/v1/models")

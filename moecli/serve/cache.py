@@ -43,6 +43,7 @@ class PromptCache:
         self.recurrent = recurrent
         self.max_checkpoints = max_checkpoints
         self.max_bytes = max_bytes
+        self.n_restored = 0  # prompts resumed from a checkpoint
 
     @property
     def checkpoint_bytes(self) -> int:
@@ -70,6 +71,7 @@ class PromptCache:
             if 0 < checkpoint.n_tokens <= n:
                 if batcher.restore(slot.seq_id, checkpoint) and batcher.cut(slot.seq_id, checkpoint.n_tokens):
                     self._keep(slot, checkpoint.n_tokens)
+                    self.n_restored += 1
                     return checkpoint.n_tokens
                 break
         self.forget(batcher, slot)

@@ -26,5 +26,10 @@ def too_long(n_prompt: int, n_ctx: int) -> ApiError:
                          "try increasing it", "exceed_context_size_error", {"n_prompt_tokens": n_prompt, "n_ctx": n_ctx})
 
 
+def not_supported(endpoint: str, flag: str) -> ApiError:
+    """llama-server's answer (501) on an endpoint it was started without."""
+    return ApiError(501, f"This server does not support {endpoint} endpoint. Start it with `{flag}`", "not_supported_error")
+
+
 UNAUTHORIZED = ApiError(401, "Invalid API Key", "authentication_error")
 LOADING = ApiError(503, "Loading model", "unavailable_error")

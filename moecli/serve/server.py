@@ -2,6 +2,8 @@
 
     POST /v1/chat/completions, /v1/completions   streaming (SSE) or not; usage and timings
     GET  /v1/models, /health                      the loaded model; 503 while it loads
+    GET  /slots, /metrics                         each slot's state (--no-slots: 501), Prometheus
+                                                  counters (with --metrics, else 501)
 
 The model loads in a thread after the server listens (so /health answers 503 meanwhile). One
 Scheduler owns llama.cpp; the handlers tokenize, queue a Job and turn its events into responses.
@@ -28,15 +30,15 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from moecli.engine import Sampling
 from moecli.engine.batch import prompt_tokens
 from moecli.errors import BadInput, EngineLost, MoecliError
-from moecli.serve import formats
+from moecli.serve import formats, monitor
 from moecli.serve.api import ChatCompletionRequest, CompletionRequest
-from moecli.serve.errors import LOADING, UNAUTHORIZED, ApiError, bad_request, too_long
+from moecli.serve.errors import LOADING, UNAUTHORIZED, ApiError, bad_request, not_supported, too_long
 from moecli.serve.slots import Job, Scheduler, Stats
 
 
@@ -45,6 +47,9 @@ class ServerState:
     alias: str
     api_key: str | None = None
     max_body: int = 8 * 2**20
+    endpoint_slots: bool = True  # llama-server's --slots / --no-slots
+    endpoint_metrics: bool = False  # llama-server's --metrics
+    rates: monitor.Rates = field(default_factory=monitor.Rates)
     engine: object | None = None
     scheduler: Scheduler | None = None
     load_error: BaseException | None = None
@@ -201,6 +206,25 @@ def create_app(state: ServerState):
                      "n_ctx_train": engine.n_ctx_train, "n_params": engine.model_n_params, "size": engine.model_size,
                      "n_vocab": engine.n_vocab, "architecture": engine.arch}}]}
 
+    @api.get("/slots")
+    async def slots(fail_on_no_slot: str = ""):
+        scheduler = ready()
+        if not state.endpoint_slots:
+            raise not_supported("slots", "--slots")
+        snapshot = scheduler.snapshot
+        if fail_on_no_slot and all(s.processing for s in snapshot.slots):
+            raise ApiError(503, "no slot available", "unavailable_error")
+        return [monitor.slot_json(s) for s in snapshot.slots]
+
+    @api.get("/metrics")
+    async def metrics():
+        scheduler = ready()
+        if not state.endpoint_metrics:
+            raise not_supported("metrics", "--metrics")
+        snapshot = scheduler.snapshot
+        return PlainTextResponse(monitor.prometheus(snapshot, state.rates), media_type="text/plain; version=0.0.4",
+                                 headers={"Process-Start-Time-Unix": str(int(snapshot.t_start))})
+
     @api.post("/v1/chat/completions")
     @api.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -243,7 +267,7 @@ def create_app(state: ServerState):
             state.dispatcher = _Dispatcher(asyncio.get_running_loop())
         events: asyncio.Queue = asyncio.Queue()
         job = Job(tokens, sampling, state.dispatcher.emitter(events), stop=body.stops(), n_predict=n_predict,
-                  special=special)
+                  special=special, stream=body.stream)
         scheduler.submit(job)
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         path = request.url.path
@@ -314,19 +338,16 @@ def create_app(state: ServerState):
                 _log(path, 499, None, "the client went away; its slot was freed")
 
     async def _whole(request: Request, job: Job, events: asyncio.Queue, body, parser, rid: str, chat: bool, path: str):
+        watcher = asyncio.create_task(_until_disconnect(request, job, events))
         text: list[str] = []
         try:
             while True:
-                try:
-                    kind, value = await asyncio.wait_for(events.get(), 0.5)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        job.cancel()
-                        _log(path, 499, None, "the client went away; its slot was freed")
-                        return JSONResponse({}, status_code=499)
-                    continue
+                kind, value = await events.get()
                 if kind == "text":
                     text.append(value)
+                elif kind == "gone":
+                    _log(path, 499, None, "the client went away; its slot was freed")
+                    return JSONResponse({}, status_code=499)
                 elif kind == "error":
                     error = _engine_error(value)
                     _log(path, error.status, None, str(value))
@@ -336,6 +357,8 @@ def create_app(state: ServerState):
         except asyncio.CancelledError:
             job.cancel()
             raise
+        finally:
+            watcher.cancel()
         stats: Stats = value
         if chat:
             for piece in text:
@@ -352,6 +375,19 @@ def create_app(state: ServerState):
                 "timings": stats.timings()}
 
     return _guard(api, state)
+
+
+async def _until_disconnect(request: Request, job: Job, events: asyncio.Queue) -> None:
+    """Wait for the client of a non-streaming reply to close its connection (the ASGI server's
+    `http.disconnect`, which comes the moment it does): then the job is cancelled, so that its slot
+    is free after the decode step under way, and the handler told ("gone")."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # the body was read already: nothing else comes before the disconnect
+    except Exception:  # noqa: BLE001 - the connection's state is unknown: the reply goes on
+        return
+    job.cancel()
+    events.put_nowait(("gone", None))
 
 
 def _finish_reason(stats: Stats, parser) -> str:
@@ -400,15 +436,16 @@ def _sampling(engine, body, chat: bool) -> tuple[Sampling, int]:
 
 # --- running it -----------------------------------------------------------------------------------
 def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key: str | None = None,
-        scheduler_options: dict | None = None, on_ready: Callable[[object], None] | None = None,
-        log: Callable[[str], None] | None = None, chat_template: tuple[str | None, object | None] = (None, None)) -> None:
+        endpoint_slots: bool = True, endpoint_metrics: bool = False, scheduler_options: dict | None = None,
+        on_ready: Callable[[object], None] | None = None, log: Callable[[str], None] | None = None,
+        chat_template: tuple[str | None, object | None] = (None, None)) -> None:
     """Listen on host:port at once, load the model in a thread (503 meanwhile), serve until
     Ctrl-C or SIGTERM. A failed load stops the server and is raised here."""
     import uvicorn
 
     from moecli.engine import faults
 
-    state = ServerState(alias=alias, api_key=api_key)
+    state = ServerState(alias=alias, api_key=api_key, endpoint_slots=endpoint_slots, endpoint_metrics=endpoint_metrics)
     received: list[int] = []
     if log:
         state.log = log

@@ -4,7 +4,9 @@ One worker thread owns every llama.cpp call. Each step it admits waiting jobs to
 slot whose cache shares the longest prefix), then builds one batch: the next token of every
 generating slot, then prompt chunks of the others up to n_batch, and calls llama_decode once. A
 job whose client went away (`cancel()`) leaves its slot before the next step. Results go back
-through `job.emit`, which must be thread-safe (the server passes loop.call_soon_threadsafe).
+through `job.emit`, which must be thread-safe (the server passes loop.call_soon_threadsafe). The
+worker keeps llama-server's counters and publishes a snapshot of the slots after each step, which
+other threads read as `scheduler.snapshot` (serve/monitor.py).
 
 An engine lost for good (`lost()`: an RPC worker stopped answering) ends every job with that
 error, and every later one; the worker thread may then be blocked inside llama.cpp forever, so
@@ -13,6 +15,8 @@ nothing waits for it and nothing frees what it uses."""
 from __future__ import annotations
 
 import collections
+import dataclasses
+import itertools
 import queue
 import threading
 import time
@@ -23,6 +27,7 @@ from moecli.engine import Engine, Sampling
 from moecli.engine.batch import Batcher, DecodeFailed, Part, Sampler
 from moecli.errors import EngineError
 from moecli.serve.cache import PromptCache, SlotCache
+from moecli.serve.monitor import Counters, SlotView, Snapshot, TaskView
 
 
 class ContextFull(DecodeFailed):
@@ -93,6 +98,8 @@ class Job:
     stop: Sequence[str] = ()
     n_predict: int = -1
     special: bool = False  # control tokens written out (tool-call markers that are control tokens)
+    stream: bool = False  # shown in /slots
+    id: int = -1  # given by Scheduler.submit (/slots' id_task)
     cancelled: bool = False
     t_queued: float = field(default_factory=time.perf_counter)
 
@@ -112,6 +119,13 @@ class _Active:
     next_token: int | None = None
     n_sampled: int = 0
     t_first: float | None = None
+    has_new_line: bool = False
+
+    def view(self) -> TaskView:
+        job = self.job
+        return TaskView(job.id, job.sampling, job.n_predict, job.stream,
+                        n_processed=min(len(self.slot.tokens), len(job.tokens)) - self.cache_n, n_cached=self.cache_n,
+                        n_decoded=self.n_sampled, has_next_token=True, has_new_line=self.has_new_line)
 
 
 class Scheduler:
@@ -132,6 +146,13 @@ class Scheduler:
         self._active: list[_Active] = []
         self._stopping = False
         self._lost: Exception | None = None
+        self._ids = itertools.count()
+        self.counters = Counters()
+        self._prompt_queued = 0  # prompt tokens decoded since the last batch with logits, and when that began
+        self._t_prompt = 0.0
+        self._last: dict[int, TaskView] = {}  # each slot's previous request
+        self._t_start = time.time()
+        self._publish()
         self._thread = threading.Thread(target=self._run, name="moecli-slots", daemon=True)
         self._thread.start()
 
@@ -143,6 +164,7 @@ class Scheduler:
         if self._stopping:
             job.emit("error", RuntimeError("the server is stopping"))
             return
+        job.id = next(self._ids)
         self._inbox.put(job)
         if self._lost is not None:  # lost() ran meanwhile, and may have drained the inbox before the put
             self._end_inbox(self._lost)
@@ -195,6 +217,9 @@ class Scheduler:
                     except Exception as exc:  # noqa: BLE001 - a bug or a llama.cpp failure: those requests end
                         for a in list(self._active):
                             self._fail(a, exc)
+                if not self._active and self._prompt_queued:  # a prompt cut off before its logits
+                    self._prompt_timed()
+                self._publish()
         finally:
             if self._lost is None:  # else its jobs have ended, and the context must not be touched
                 for a in list(self._active):
@@ -235,6 +260,7 @@ class Scheduler:
                 job.emit("error", exc)
                 busy.discard(slot.seq_id)
                 continue
+            self.counters.prompt_cached += cache_n
             self._active.append(_Active(job, slot, cache_n, sampler, StopMatcher(job.stop),
                                         self._breaks(cache_n, len(job.tokens)), time.perf_counter()))
 
@@ -269,7 +295,7 @@ class Scheduler:
                 parts.append((a, Part(a.slot.seq_id, done, chunk, logits=end == len(a.job.tokens))))
                 budget -= len(chunk)
         try:
-            self._decode([p for _, p in parts])
+            self._decode([p for _, p in parts], sum(len(p.tokens) for a, p in parts if a.next_token is None))
         except DecodeFailed as exc:
             if self._lost is not None:
                 return
@@ -281,7 +307,7 @@ class Scheduler:
             # do not fit end (their request gets the error; the others go on)
             for a, part in parts:
                 try:
-                    self.batcher.decode([part])
+                    self._decode_once([part], len(part.tokens) if a.next_token is None else 0)
                 except DecodeFailed as alone:
                     self._fail(a, alone if alone.rc != 1 else ContextFull(len(a.slot.tokens) + len(part.tokens)))
                     continue
@@ -295,17 +321,18 @@ class Scheduler:
     def _evaluated(self, a: _Active, part: Part) -> None:
         """After the decode that held `part`: the cache grows, a checkpoint where due, a token drawn."""
         a.slot.tokens.extend(part.tokens)
+        self.counters.n_tokens_max = max(self.counters.n_tokens_max, len(a.slot.tokens))
         if a.next_token is None and len(a.slot.tokens) in a.breaks:
             self.cache.checkpoint(self.batcher, a.slot)
         if part.logits:
             self._sampled(a, a.sampler.sample(self.batcher.ctx, part.index))
 
-    def _decode(self, parts: list[Part]) -> None:
+    def _decode(self, parts: list[Part], n_prompt: int) -> None:
         """One llama_decode; when the KV cache has no room (llama_decode returns 1, nothing changed),
         the caches of idle slots are dropped and it is tried once more (llama-server's
         try_clear_idle_slots), as they share the cells of a unified KV cache."""
         try:
-            self.batcher.decode(parts)
+            self._decode_once(parts, n_prompt)
         except DecodeFailed as exc:
             busy = {a.slot.seq_id for a in self._active}
             idle = [s for s in self.cache.slots if s.seq_id not in busy and s.tokens]
@@ -313,7 +340,40 @@ class Scheduler:
                 raise
             for slot in idle:
                 self.cache.forget(self.batcher, slot)
-            self.batcher.decode(parts)
+            self._decode_once(parts, n_prompt)
+
+    def _decode_once(self, parts: list[Part], n_prompt: int) -> None:
+        """llama_decode, counted as llama-server counts it (metrics_post_decode): n_prompt of its
+        tokens are prompt tokens, timed from this decode (or the first of a run without logits) to
+        the end of the first batch with logits."""
+        t0 = time.perf_counter()
+        self.batcher.decode(parts)
+        self.counters.n_decode += 1
+        self.counters.n_busy_slots += len(self._active)
+        if n_prompt:
+            if not self._prompt_queued:
+                self._t_prompt = t0
+            self._prompt_queued += n_prompt
+        if self._prompt_queued and any(p.logits for p in parts):
+            self._prompt_timed()
+
+    def _prompt_timed(self) -> None:
+        self.batcher.synchronize()  # llama_decode may return before its compute is done
+        self.counters.prompt_tokens += self._prompt_queued
+        self.counters.prompt_seconds += time.perf_counter() - self._t_prompt
+        self._prompt_queued = 0
+
+    def _publish(self) -> None:
+        """The state /slots and /metrics read, replaced whole in one assignment (which another
+        thread sees entirely or not at all)."""
+        running = {a.slot.seq_id: a for a in self._active}
+        views = []
+        for s in self.cache.slots:
+            a = running.get(s.seq_id)
+            views.append(SlotView(s.seq_id, self.n_ctx_slot, a is not None, len(s.tokens), len(s.checkpoints),
+                                  sum(c.size for c in s.checkpoints), a.view() if a else self._last.get(s.seq_id)))
+        self.snapshot = Snapshot(self._t_start, tuple(views), dataclasses.replace(self.counters),
+                                 len(self._waiting) + self._inbox.qsize(), self.cache.n_restored)
 
     def _sampled(self, a: _Active, token: int) -> None:
         now = time.perf_counter()
@@ -325,6 +385,7 @@ class Scheduler:
             return self._finish(a, "stop")
         text, stopped = a.stops.feed(a.sampler.piece(token))
         if text:
+            a.has_new_line = a.has_new_line or "\n" in text
             a.job.emit("text", text)
         if stopped:
             return self._finish(a, "stop", flush=False)
@@ -352,7 +413,9 @@ class Scheduler:
             self.cache.checkpoint(self.batcher, a.slot)  # the reply's end: the next turn starts here
         except Exception:  # noqa: BLE001 - a missing checkpoint only costs a re-evaluation
             pass
-        a.job.emit("done", self._stats(a, reason))
+        stats = self._stats(a, reason)
+        self._released(a, stats)
+        a.job.emit("done", stats)
 
     def _fail(self, a: _Active, exc: Exception) -> None:
         if a in self._active:
@@ -361,4 +424,16 @@ class Scheduler:
         try:
             self.cache.forget(self.batcher, a.slot)
         finally:
+            self._released(a, self._stats(a, "stop"))
             a.job.emit("error", exc)
+
+    def _released(self, a: _Active, stats: Stats) -> None:
+        """A request left its slot: its generation counted (llama-server's metrics_on_prediction),
+        and the snapshot published before its client hears of it."""
+        if stats.predicted_n:
+            self.counters.predicted_tokens += stats.predicted_n
+            self.counters.predicted_steps += stats.predicted_n - 1
+            self.counters.predicted_seconds += stats.predicted_ms / 1e3
+        job = a.job
+        self._last[a.slot.seq_id] = TaskView(job.id, job.sampling, job.n_predict, job.stream)
+        self._publish()
