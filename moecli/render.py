@@ -22,7 +22,7 @@ from moecli.facts import MachineFacts, ModelFacts
 from moecli.measurements import Measurement, Tuned
 from moecli.output import Output
 from moecli.params import EXPS_REGEX
-from moecli.planner import Finding, GaveUpKvQuant, Placement, Plan, RamWouldFit, SpeedFigure
+from moecli.planner import Alternative, Finding, GaveUpKvQuant, Placement, Plan, RamWouldFit, SpeedFigure
 from moecli.units import fmt_bytes
 
 if TYPE_CHECKING:
@@ -368,8 +368,7 @@ def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFact
     if plan.alternatives:
         _heading(out, "Alternatives considered")
         for a in plan.alternatives:
-            figures = [f"{fmt_bytes(a.gpu_total)} on the GPU" if a.gpu_total is not None else None,
-                       f"bound {a.decode_bound:.0f} tok/s" if a.decode_bound else None]
+            figures = [*_alternative_memory(a), f"bound {a.decode_bound:.0f} tok/s" if a.decode_bound else None]
             figures_text = ", ".join(f for f in figures if f)
             _item(out, a.label + (f" ({figures_text})" if figures_text else ""))
             _line(out, a.reason, style="dim", indent=4)
@@ -377,6 +376,14 @@ def plan_report(out: Output, plan: Plan, model: ModelFacts, machine: MachineFact
     out.console.print(Text(f"Verdict: {verdict}", style="bold green" if plan.fits else "bold red"))
     _heading(out, "llama.cpp equivalent")
     out.console.print(Text("  " + llama_command(plan, model_path, hf=hf)), soft_wrap=True)
+
+
+def _alternative_memory(a: Alternative) -> list[str | None]:
+    """One GPU: its total; several devices: each one's (and its budget where it does not fit)."""
+    if not a.devices:
+        return [f"{fmt_bytes(a.gpu_total)} on the GPU" if a.gpu_total is not None else None]
+    return [f"{fmt_bytes(d.total)} on {d.device}" + ("" if d.fits else f" of {fmt_bytes(d.budget or 0)}")
+            for d in a.devices if d.device != "CPU"]
 
 
 def plan_summary(plan: Plan) -> str:

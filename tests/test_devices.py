@@ -5,6 +5,8 @@ llama.cpp's own rules (src/llama-model.cpp load_tensors, in float32 as it comput
 
 from __future__ import annotations
 
+import io
+import json
 import re
 import shlex
 
@@ -19,7 +21,7 @@ from moecli.facts import MachineFacts, Role
 from moecli.params import EXPS_REGEX
 from moecli.planner import Wishes, evaluate, plan
 from moecli.render import finding_text, llama_command, placement_lines
-from moecli.units import GiB
+from moecli.units import GiB, fmt_bytes
 
 QWEN = qwen36_35b_a3b()
 HOST = MachineFacts((), 32 * GiB, 29 * GiB, 8, 51.2e9, source="test host")
@@ -43,7 +45,11 @@ def llama_cpp_placement(command: str, model, machine: MachineFacts) -> dict[str,
     n = model.n_layer  # no MTP layers in this model: n_layer_all
     ngl_text = value("-ngl", "--n-gpu-layers")
     ngl = n + 1 if ngl_text in ("all", "-1") else int(ngl_text)
-    ts = [np.float32(x) for x in value("-ts").split(",")]
+    if value("-ts"):
+        ts = [np.float32(x) for x in value("-ts").split(",")]
+    else:  # llama.cpp's default split: each device's free memory (load_tensors, "default split, by free memory")
+        free = {f"RPC{d.index}": d.free_bytes for d in machine.rpc} | {f"CUDA{g.index}": g.free_bytes for g in machine.gpus}
+        ts = [np.float32(free[name]) for name in order]
     splits, total = [], np.float32(0)
     for w in ts:
         total = np.float32(total + w)
@@ -64,6 +70,8 @@ def llama_cpp_placement(command: str, model, machine: MachineFacts) -> dict[str,
             overrides.append((re.compile(pattern), buft_to_device[buft]))
     if "--cpu-moe" in words:
         overrides.append((re.compile(EXPS_REGEX), "CPU"))
+    for il in range(int(value("--n-cpu-moe") or 0)):  # the first N layers' experts (common/arg.cpp)
+        overrides.append((re.compile(rf"blk\.{il}{EXPS_REGEX}"), "CPU"))
     out = {}
     for t in model.tensors:
         hit = next((d for p, d in overrides if p.search(t.name)), None)
@@ -197,3 +205,119 @@ def test_plan_command_for_two_gpus_and_a_worker_not_started(tmp_path):
     words = shlex.split(ran.stdout)
     assert words[words.index("-dev") + 1] == "RPC0,CUDA0,CUDA1" and words[words.index("--rpc") + 1] == "10.0.0.2:50052"
     assert len(words[words.index("-ts") + 1].split(",")) == 3
+
+
+def expert_layers_by_device(placement: dict[str, str]) -> dict[int, str]:
+    out = {}
+    for t in QWEN.tensors:
+        if t.role == Role.EXPERT and t.layer is not None:
+            out.setdefault(t.layer, placement[t.name])
+    return out
+
+
+@pytest.mark.parametrize("how", ["--vram 6GiB,8GiB", "profile rtx3060-12gb+gtx1060-6gb"])
+def test_several_devices_list_what_a_llama_cpp_user_would_type_and_why_not(how):
+    """Issue 14: -ngl all --n-cpu-moe N with llama.cpp's default split (no -ts), the layer split, and
+    --cpu-moe, each placed from its printed flags by llama.cpp's rules (written out in this file),
+    with its memory per device and the plan's decode estimate."""
+    machine = (machine_mod.apply_overrides(HOST, vram="6GiB,8GiB") if how.startswith("--vram")
+               else machine_mod.load_profile(how.split()[1], host=HOST))
+    p = plan(QWEN, machine)
+    labels = [a.label for a in p.alternatives]
+    n_cpu_moe = next(a for a in p.alternatives if "--n-cpu-moe" in a.label)
+    naive = next(a for a in p.alternatives if a.label.startswith("naive layer split -ngl"))
+    cpu_moe = next(a for a in p.alternatives if a.label == "all experts on CPU (--cpu-moe)")
+    plan_experts = expert_layers_by_device({t.name: t.device for t in p.tensors if not t.copy})
+    plan_off = [layer for layer, d in plan_experts.items() if d != "CPU"]
+    for a in (n_cpu_moe, naive, cpu_moe):
+        args = a.params.to_llama_args()
+        assert "-ts" not in args and "-dev" not in args and "-ot" not in args, a.label  # what a user types
+        command = llama_command(planner.Plan(**{**p.__dict__, "params": a.params}), "m.gguf")
+        derived = llama_cpp_placement(command, QWEN, machine)
+        again = evaluate(QWEN, machine, a.params, Wishes())
+        assert {t.name: t.device for t in again.tensors if not t.copy} == derived, a.label
+        assert again.devices == a.devices and a.gpu_total == sum(d.total for d in a.devices[:-1])
+        assert a.decode_bound == again.decode.bound  # the plan's estimate, boundary crossings included
+        assert (p.decode.bound or 0) >= (a.decode_bound or 0) or a.reason.startswith("faster by the estimate")
+        if a is not cpu_moe:
+            assert all(d.fits for d in again.devices[:-1]), a.label
+    # --n-cpu-moe: the smallest N that fits, fewer expert layers on the cards, all on the last one
+    n = n_cpu_moe.params.n_cpu_moe
+    assert n_cpu_moe.label.startswith(f"-ngl all --n-cpu-moe {n}") and n_cpu_moe.params.n_gpu_layers < 0
+    tighter = evaluate(QWEN, machine, n_cpu_moe.params.with_(n_cpu_moe=n - 1), Wishes())
+    assert not all(d.fits for d in tighter.devices[:-1])
+    derived = llama_cpp_placement(llama_command(planner.Plan(**{**p.__dict__, "params": n_cpu_moe.params}), "m.gguf"),
+                                  QWEN, machine)
+    kept = {layer: d for layer, d in expert_layers_by_device(derived).items() if d != "CPU"}
+    last_card = derived[next(t.name for t in QWEN.tensors if t.layer == QWEN.n_layer - 1 and t.role != Role.EXPERT)]
+    assert 0 < len(kept) <= len(plan_off) and set(kept.values()) == {last_card}
+    assert f"{len(kept)} expert layers against the plan's {len(plan_off)}" in n_cpu_moe.reason
+    assert f"all on {last_card}, the card holding the last layers" in n_cpu_moe.reason
+    assert "blind to devices" in n_cpu_moe.reason
+    # printed and in JSON
+    from moecli.output import Output
+    from moecli.render import plan_report
+
+    out = Output(stdout=io.StringIO(), stderr=io.StringIO())
+    plan_report(out, p, QWEN, machine, "m.gguf")
+    text = out.stdout.getvalue()
+    assert "Alternatives considered" in text
+    devices_text = ", ".join(f"{fmt_bytes(d.total)} on {d.device}" for d in n_cpu_moe.devices[:-1])
+    assert f"- {n_cpu_moe.label} ({devices_text}" in text and n_cpu_moe.reason in text
+    data = json.loads(json.dumps(p.to_dict()))
+    assert [a["label"] for a in data["alternatives"]] == labels
+    first = data["alternatives"][labels.index(n_cpu_moe.label)]
+    assert first["params"] == n_cpu_moe.params.to_llama_args() and "--n-cpu-moe" in first["params"]
+    assert [(d["device"], d["total"], d["fits"]) for d in first["devices"]] == [
+        (d.device, d.total, d.fits) for d in n_cpu_moe.devices]
+
+
+def test_several_devices_holding_every_expert_list_only_cpu_moe():
+    p = plan(QWEN, machine_mod.load_profile("2x-rtx3060-12gb", host=HOST))
+    assert [a.label for a in p.alternatives] == ["all experts on CPU (--cpu-moe)"]
+    a = p.alternatives[0]
+    assert a.decode_bound < p.decode.bound and "which in the plan holds the experts of 40 layers" in a.reason
+
+
+def test_alternatives_with_an_rpc_worker_carry_it_and_say_the_split_is_a_guess():
+    base = machine_mod.apply_overrides(SMALL, vram="6GiB")
+    machine = machine_mod.with_rpc(base, machine_mod.rpc_devices(machine_mod.parse_endpoints("127.0.0.1:50052"), "16GiB"))
+    p = plan(QWEN, machine)
+    assert p.alternatives
+    for a in p.alternatives:
+        args = a.params.to_llama_args()
+        assert args[args.index("--rpc") + 1] == "127.0.0.1:50052" and "-ts" not in args
+        derived = llama_cpp_placement(shlex.join(["llama-server", "-m", "m.gguf", *args]), QWEN, machine)
+        again = evaluate(QWEN, machine, a.params, Wishes())
+        assert {t.name: t.device for t in again.tensors if not t.copy} == derived and again.devices == a.devices
+        assert "RPC0's free memory as --rpc-mem says" in a.reason
+    moe = next(a for a in p.alternatives if "--n-cpu-moe" in a.label)
+    assert "all on CUDA0, the card holding the last layers" in moe.reason
+
+
+def test_one_gpu_alternatives_keep_their_json_shape():
+    p = plan(QWEN, machine_mod.load_profile("gtx1060-6gb", host=HOST))
+    assert p.alternatives and all(not a.devices for a in p.alternatives)
+    assert all("devices" not in a for a in p.to_dict()["alternatives"])
+
+
+def test_an_alternative_faster_by_the_estimate_says_so_and_why_the_plan_missed_it():
+    """A worker on this machine costs 0.7 ms a crossing: the plan's expert fill crosses between the
+    devices at every CPU expert layer, which its search does not weigh, and the layer split, with
+    three crossings, is faster by the plan's own estimate. The alternative says so, with the figures
+    of the estimate (the crossings as the plan's decode basis counts them)."""
+    from dataclasses import replace
+
+    card = replace(machine_mod.load_profile("rtx3060-12gb", host=HOST).gpus[0], total_bytes=6 * GiB, free_bytes=6 * GiB)
+    worker = machine_mod.rpc_devices(machine_mod.parse_endpoints("127.0.0.1:50052"), "8GiB")
+    machine = machine_mod.with_rpc(replace(HOST, gpus=(card,)), worker)
+    p = plan(QWEN, machine)
+    faster = [a for a in p.alternatives if a.decode_bound > p.decode.bound]
+    assert faster and all(a.reason.startswith("faster by the estimate") for a in faster)
+    for a in faster:
+        again = evaluate(QWEN, machine, a.params, Wishes())
+        assert again.decode.bound == a.decode_bound and again.devices == a.devices
+        plan_n = int(re.search(r"crosses between devices (\d+) times", p.decode.basis).group(1))
+        alt_n = int(re.search(r"crosses between devices (\d+) times", again.decode.basis).group(1))
+        assert f"{plan_n} per token against {alt_n} here" in a.reason and alt_n < plan_n
+        assert f"({a.decode_bound:.1f} against the plan's {p.decode.bound:.1f} tok/s)" in a.reason

@@ -21,6 +21,13 @@ micro-batch, then layers given up as in the single-GPU search), the layers split
 proportion to each device's budget; then each device takes the experts of its own layers, from the
 back of its block, while everything fits; then what room is left takes the CPU's remaining expert
 layers. No layer is split by tensor across devices (the single-GPU search does that for one card).
+
+The alternatives a plan lists are what a llama.cpp user types for several devices, placed by
+`where_from_params` as llama.cpp places them: no -ts (the default split, by each device's free
+memory), `-ngl all --n-cpu-moe N` (the experts left to the devices follow their layers, onto the
+card holding the last ones), the layer split `-ngl N`, and `--cpu-moe`. The search does not weigh
+the crossings between devices that its expert fill adds; where one of these is faster by the same
+estimate (a worker on this machine, 0.7 ms a crossing), it says so and by how many crossings.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from moecli.planner.placement import _load_mode
 from moecli.planner.speed import EFFICIENCY, _tensor_bytes_per_token
 from moecli.planner.types import (
     DEFAULT_MARGIN,
+    Alternative,
     DecodeEstimate,
     Finding,
     GaveUpLayers,
@@ -142,7 +150,7 @@ def _layer_devices(n_layer_all: int, ngl: int, order: Sequence[str], weights: Se
     ngl = n + 1 if ngl < 0 else ngl
     splits, total = [], 0.0
     for w in weights:
-        total = _f32(total + w)
+        total = _f32(total + _f32(w))  # float splits[i] = free (or -ts), summed in float
         splits.append(total)
     splits = [_f32(s / total) if total else 0.0 for s in splits]
     start = max(n + 1 - ngl, 0)
@@ -330,6 +338,7 @@ class DevicePlan:
     account: _DAccount
     findings: tuple[Finding, ...]
     experts: dict[int, str]
+    alternatives: tuple[Alternative, ...] = ()
 
 
 class _DeviceSearch:
@@ -382,7 +391,8 @@ class _DeviceSearch:
         params = self.params_for(setup, ngl, counts, experts, load_mode, threads)
         exact = where_from_params(m, params, self.devs)
         assert exact.devices == where.devices, "the flags express exactly the placement planned"
-        return DevicePlan(params, setup, exact, acc, tuple(found), experts)
+        alternatives = self.alternatives(setup, params, exact, acc)
+        return DevicePlan(params, setup, exact, acc, tuple(found), experts, alternatives)
 
     def fill(self, setup: _Setup, layers: tuple[str, ...], ngl: int) -> dict[int, str]:
         """Each device takes its own layers' experts from the back of its block while everything
@@ -428,6 +438,108 @@ class _DeviceSearch:
             tensor_split=tuple(float(c) for c in counts), devices=tuple(d.name for d in self.devs), rpc_servers=rpc,
         )
 
+    # -- what a llama.cpp user would type instead
+
+    def typed(self, setup: _Setup, params: LlamaParams) -> tuple[_DWhere, _DAccount]:
+        """llama.cpp's placement for flags, and its memory."""
+        where = where_from_params(self.m, params, self.devs)
+        return where, _account(self.m, setup, where, self.devs, self.ram)
+
+    def alternatives(self, setup: _Setup, params: LlamaParams, where: _DWhere, acc: _DAccount) -> tuple[
+            Alternative, ...]:
+        """The flags a llama.cpp user types for these devices, with llama.cpp's default split (no
+        -ts, no -dev): `-ngl all --n-cpu-moe N` with the smallest N that fits, the layer split
+        `-ngl N` that fits, and `--cpu-moe` when the plan keeps experts off the CPU; each with its
+        memory per device, the decode bound of the plan's estimate, and why it was not chosen."""
+        m, out = self.m, []
+        plan_bound = decode(m, where, self.machine, self.devs, acc.copied).bound
+        plan_links = _crossings(m, where, self.devs)
+        plan_experts = _expert_devices(m, where)
+        plan_off = [layer for layer, d in plan_experts.items() if d != CPU]
+        typed = params.with_(devices=(), tensor_split=(), tensor_overrides=(), cpu_moe=False, n_cpu_moe=0)
+        caveat = self.split_caveat()
+
+        def add(label: str, alt_params: LlamaParams, alt_where: _DWhere, alt_acc: _DAccount, reason: str) -> None:
+            bound = decode(m, alt_where, self.machine, self.devs, alt_acc.copied).bound
+            if not alt_acc.fits_devices:
+                reason = f"does not fit: {_over(alt_acc)}; " + reason
+            elif bound and plan_bound and bound > plan_bound:
+                faster = f"faster by the estimate ({bound:.1f} against the plan's {plan_bound:.1f} tok/s)"
+                n_alt, s_alt = _crossings(m, alt_where, self.devs)
+                if s_alt < plan_links[1]:  # what the plan's fill does not weigh
+                    reason = (f"{faster}: the plan fills the devices with experts without weighing the crossings "
+                              f"between devices, {plan_links[0]} per token against {n_alt} here ({plan_links[1] * 1e3:.2f} "
+                              f"against {s_alt * 1e3:.2f} ms over the links); " + reason)
+                else:
+                    reason = f"{faster}, but chosen against: " + reason
+            devices = alt_acc.devices
+            out.append(Alternative(label, alt_params, sum(d.total for d in devices[:-1]), bound, reason + caveat,
+                                   devices=devices))
+
+        # --n-cpu-moe N: the experts of layers 0..N-1 on the CPU, the others with their layers
+        if m.is_moe and where.n_gpu_layers in (ALL_LAYERS, self.top):
+            for n in range(m.expert_layers[-1] + 1):  # 0 is the layer split, below; the last one --cpu-moe
+                alt_params = typed.with_(n_gpu_layers=ALL_LAYERS, n_cpu_moe=n)
+                alt_where, alt_acc = self.typed(setup, alt_params)
+                if not alt_acc.fits_devices:
+                    continue
+                if n:
+                    kept = {layer: d for layer, d in _expert_devices(m, alt_where).items() if d != CPU}
+                    split = f"the default split ({_blocks(alt_where, self.devs)})"
+                    sits = _where_kept(kept, alt_where, alt_acc, self.devs)
+                    if len(kept) < len(plan_off):
+                        reason = (f"--n-cpu-moe is blind to devices: with {split} the experts it leaves to the devices "
+                                  f"stay with their layers: {len(kept)} expert layers against the plan's "
+                                  f"{len(plan_off)}, {sits}")
+                    elif alt_where.devices == where.devices:
+                        reason = (f"places every tensor where the plan does, with {split}; but that split follows "
+                                  "the free memory llama.cpp sees when it loads, which the plan's -ts does not")
+                    else:
+                        reason = (f"with {split} it keeps {len(kept)} expert layers on the devices "
+                                  f"({'as many as' if len(kept) == len(plan_off) else 'more than'} the plan's "
+                                  f"{len(plan_off)}), {sits}; but that split follows the free memory llama.cpp sees "
+                                  "when it loads, which the plan's -ts does not")
+                    add(f"-ngl all --n-cpu-moe {n}, llama.cpp's default split", alt_params, alt_where, alt_acc, reason)
+                break
+
+        # the layer split without overrides, experts included
+        naive = next((n for n in range(self.top, -1, -1)
+                      if self.typed(setup, typed.with_(n_gpu_layers=n))[1].fits_devices), None)
+        all_off = m.is_moe and len(plan_off) == len(m.expert_layers)
+        if naive is not None and not all_off and (m.is_moe or naive != where.n_gpu_layers):
+            alt_params = typed.with_(n_gpu_layers=ALL_LAYERS if naive >= self.top else naive)
+            alt_where, alt_acc = self.typed(setup, alt_params)
+            on_cpu = sum(1 for layer in alt_where.layers[:-1] if layer == CPU)
+            if m.is_moe:
+                reason = (f"a layer split keeps whole layers, experts included, on the devices "
+                          f"({_blocks(alt_where, self.devs)}): every token then reads the attention and shared "
+                          f"weights of the {on_cpu} layer{'s' if on_cpu != 1 else ''} left to the CPU from RAM")
+            else:
+                reason = (f"the default split ({_blocks(alt_where, self.devs)}) leaves {on_cpu} layers to the CPU "
+                          f"where the plan's split, by each device's room, leaves "
+                          f"{sum(1 for x in where.layers[:-1] if x == CPU)}")
+            add(f"naive layer split -ngl {naive}, llama.cpp's default split", alt_params, alt_where, alt_acc, reason)
+
+        # every routed expert on the CPU
+        if m.is_moe and plan_off:
+            alt_params = typed.with_(n_gpu_layers=ALL_LAYERS, cpu_moe=True)
+            alt_where, alt_acc = self.typed(setup, alt_params)
+            free = [(d.device, d.free or 0) for d in alt_acc.devices[:-1]]
+            add("all experts on CPU (--cpu-moe)", alt_params, alt_where, alt_acc,
+                f"leaves {fmt_bytes(sum(max(0, x) for _, x in free))} of the devices' memory unused ("
+                + ", ".join(f"{name} {fmt_bytes(max(0, x))}" for name, x in free)
+                + f"), which in the plan holds the experts of {len(plan_off)} layers")
+        return tuple(out)
+
+    def split_caveat(self) -> str:
+        """llama.cpp splits by the free memory each device reports at load: a worker not asked yet
+        reports what it has, not --rpc-mem."""
+        guessed = [d.name_llama for d in self.machine.rpc if not d.reported]
+        if not guessed:
+            return ""
+        return (f" (the default split taken with {', '.join(guessed)}'s free memory as --rpc-mem says; llama.cpp "
+                "splits by what the worker reports)")
+
     def does_not_fit(self, setup: _Setup):
         layers, _ = self.layout(0)
         acc = self.account(setup, layers, {}, 0)
@@ -439,6 +551,42 @@ class _DeviceSearch:
             + f": short by {fmt_bytes(short)}",
             "leave the small device out, or plan with --cpu-only",
         )
+
+
+def _expert_devices(m: _Model, where: _DWhere) -> dict[int, str]:
+    """Each expert layer's device: where its first routed expert tensor is."""
+    out: dict[int, str] = {}
+    for t, device in zip(m.tensors, where.devices):
+        if t.kind and t.layer is not None and device is not None:
+            out.setdefault(t.layer, device)
+    return out
+
+
+def _blocks(where: _DWhere, devs: Sequence[_Dev]) -> str:
+    """Which layers each device holds: "CUDA0 layers 0-16, CUDA1 layers 17-39"."""
+    parts = []
+    for d in devs:
+        mine = [i for i, x in enumerate(where.layers[:-1]) if x == d.name]
+        parts.append(f"{d.name} " + (f"layers {mine[0]}-{mine[-1]}" if len(mine) > 1 else
+                                     f"layer {mine[0]}" if mine else "no layer"))
+    return ", ".join(parts)
+
+
+def _where_kept(kept: dict[int, str], where: _DWhere, acc: _DAccount, devs: Sequence[_Dev]) -> str:
+    """Where the expert layers left to the devices sit, and the room the others keep unused."""
+    last = where.layers[-2] if len(where.layers) > 1 else where.output()
+    word = "card" if any(d.name == last and d.cuda for d in devs) else "device"
+    holders = sorted(set(kept.values()), key=[d.name for d in devs].index)
+    rest = [d for d in acc.devices[:-1] if d.device not in holders]
+    unused = (" while " + ", ".join(f"{d.device} keeps {fmt_bytes(max(0, d.free or 0))} free" for d in rest)) if rest else ""
+    if holders == [last]:
+        return f"all on {last}, the {word} holding the last layers" + (f",{unused}" if unused else "")
+    return ", ".join(f"{sum(1 for x in kept.values() if x == d)} on {d}" for d in holders) + unused
+
+
+def _over(acc: _DAccount) -> str:
+    return ", ".join(f"{d.device} needs {fmt_bytes(d.total)} of a {fmt_bytes(d.budget or 0)} budget"
+                     for d in acc.devices[:-1] if not d.fits)
 
 
 def evaluate_devices(m: _Model, setup: _Setup, params: LlamaParams, devs: Sequence[_Dev], ram: int) -> tuple[
@@ -486,6 +634,29 @@ def describe(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[Placement
     return placement, tuple(rows)
 
 
+def _crossings(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[int, float]:
+    """How often one token's activations cross between devices, and the seconds that takes. The
+    path of a token: the embedding on the CPU, each layer's own device, its experts' device when
+    elsewhere (and back), the output's device, the logits back to the host; each crossing moves one
+    row of n_embd f32 (and the router's choice) over the links of both devices, at their latency."""
+    by = {d.name: d for d in devs}
+    expert_dev = _expert_devices(m, where)
+    path = [CPU]
+    for layer in range(m.n_layer_all):
+        path.append(where.layers[layer])
+        if layer in expert_dev and expert_dev[layer] != where.layers[layer]:
+            path += [expert_dev[layer], where.layers[layer]]
+    path += [where.output(), CPU]
+    row = (m.facts.n_embd + m.facts.n_expert) * 4
+
+    def hop(device: str) -> float:
+        d = by.get(device)
+        return 0.0 if d is None else d.link_latency + row / d.link_bandwidth
+
+    crossings = [(a, b) for a, b in zip(path, path[1:]) if a != b]
+    return len(crossings), sum(hop(a) + hop(b) for a, b in crossings)
+
+
 def decode(m: _Model, where: _DWhere, machine: MachineFacts, devs: Sequence[_Dev], copied: int) -> DecodeEstimate:
     """The bytes each token reads on each device over its bandwidth, plus the activations that
     cross from device to device: each crossing moves one row of n_embd f32 (and the router's
@@ -498,26 +669,7 @@ def decode(m: _Model, where: _DWhere, machine: MachineFacts, devs: Sequence[_Dev
         per[where.output()] += copied
     for layer, size in m.recurrent_per_layer:
         per[where.layers[layer]] += 2 * size
-    # the path of one token: the embedding on the CPU, each layer's own device, its experts' device
-    # when elsewhere (and back), the output's device, the logits back to the host
-    expert_dev: dict[int, str] = {}
-    for t, device in zip(m.tensors, where.devices):
-        if t.kind and t.layer is not None and device is not None:
-            expert_dev.setdefault(t.layer, device)
-    path = [CPU]
-    for layer in range(m.n_layer_all):
-        path.append(where.layers[layer])
-        if layer in expert_dev and expert_dev[layer] != where.layers[layer]:
-            path += [expert_dev[layer], where.layers[layer]]
-    path += [where.output(), CPU]
-    row = (f.n_embd + f.n_expert) * 4
-
-    def hop(device: str) -> float:
-        d = by.get(device)
-        return 0.0 if d is None else d.link_latency + row / d.link_bandwidth
-
-    crossings = [(a, b) for a, b in zip(path, path[1:]) if a != b]
-    link_seconds = sum(hop(a) + hop(b) for a, b in crossings)
+    n_crossings, link_seconds = _crossings(m, where, devs)
     bandwidth = {**{n: d.bandwidth for n, d in by.items()}, CPU: machine.ram_bandwidth}
     used = [d for d in [*by, CPU] if per[d]]
     bytes_out = tuple((d, per[d]) for d in used)
@@ -531,7 +683,7 @@ def decode(m: _Model, where: _DWhere, machine: MachineFacts, devs: Sequence[_Dev
     bound = 1.0 / seconds if seconds > 0 else None
     parts = ", ".join(f"{fmt_bytes(per[d])} from {d} at {bandwidth[d] / 1e9:.0f} GB/s" for d in used)
     basis = (f"estimate: each token reads {parts} (routed experts: {f.n_expert_used} of {f.n_expert}; recurrent "
-             f"state read and written), and crosses between devices {len(crossings)} times "
+             f"state read and written), and crosses between devices {n_crossings} times "
              f"({link_seconds * 1e3:.2f} ms per token over the links: "
              + ", ".join(f"{d.name} {d.link_bandwidth / 1e9:g} GB/s, {d.link_latency * 1e6:.0f} us" for d in devs)
              + f"); bound {bound:.0f} tok/s; real systems reach {EFFICIENCY[0]:.0%}-{EFFICIENCY[1]:.0%} of such a bound"

@@ -556,7 +556,8 @@ def _plan_devices(m: _Model, machine: MachineFacts, wishes: Wishes, threads: int
     chosen = search.run(ladder, threads)
     found = list(chosen.findings)
     found += _ram_findings_devices(m, chosen, devs, ram)
-    return _finish_devices(m, machine, devs, chosen.params, chosen.setup, chosen.where, chosen.account, found)
+    return _finish_devices(m, machine, devs, chosen.params, chosen.setup, chosen.where, chosen.account, found,
+                           chosen.alternatives)
 
 
 def _evaluate_devices(m: _Model, machine: MachineFacts, params: LlamaParams, wishes: Wishes, n_ctx: int) -> Plan:
@@ -585,7 +586,7 @@ def _ram_findings_devices(m: _Model, chosen: multi.DevicePlan, devs, ram: int) -
 
 
 def _finish_devices(m: _Model, machine: MachineFacts, devs, params: LlamaParams, setup: _Setup, where, acc,
-                    findings: Sequence[Finding]) -> Plan:
+                    findings: Sequence[Finding], alternatives: Sequence[Alternative] = ()) -> Plan:
     from moecli.planner import devices as multi  # several devices: imported only for them
 
     placement, rows = multi.describe(m, where, devs)
@@ -600,6 +601,6 @@ def _finish_devices(m: _Model, machine: MachineFacts, devs, params: LlamaParams,
     return Plan(
         model=f.name, arch=f.arch, machine=machine.source, is_moe=m.is_moe, params=params, devices=acc.devices,
         placement=placement, tensors=rows, n_ctx=setup.cells, decode=multi.decode(m, where, machine, devs, acc.copied),
-        findings=tuple(sorted(found, key=lambda x: order.index(x.kind))), alternatives=(),
+        findings=tuple(sorted(found, key=lambda x: order.index(x.kind))), alternatives=tuple(alternatives),
         file_bytes=f.n_bytes, copied_bytes=acc.copied, not_loaded_bytes=not_loaded,
     )

@@ -227,9 +227,10 @@ class Alternative:
 
     label: str
     params: LlamaParams
-    gpu_total: int | None
+    gpu_total: int | None  # one GPU: its total; several devices: the sum over them (the CPU not counted)
     decode_bound: float | None
     reason: str
+    devices: tuple[MemoryBreakdown, ...] = ()  # several devices: each one's memory, in llama.cpp's order, then the CPU
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,10 +536,15 @@ class Plan:
             "decode": asdict(self.decode),
             "speed": asdict(self.speed) if self.speed is not None else None,
             "findings": [f.to_dict() for f in self.findings],
-            "alternatives": [{**asdict(a), "params": a.params.to_llama_args()} for a in self.alternatives],
+            "alternatives": [_alternative_dict(a) for a in self.alternatives],
             "file_bytes": self.file_bytes, "copied_bytes": self.copied_bytes, "not_loaded_bytes": self.not_loaded_bytes,
             "tensors": [asdict(t) for t in self.tensors],
         }
+
+
+def _alternative_dict(a: Alternative) -> dict:
+    data = {**asdict(a), "params": a.params.to_llama_args(), "devices": [d.to_dict() for d in a.devices]}
+    return _without_empty(data, ("devices",))
 
 
 def _without_empty(data: dict, keys: tuple[str, ...]) -> dict:
