@@ -66,12 +66,20 @@ class KvLayer:
     n_embd_v: int  # n_head_kv * head_dim_v (0 where V is a view of K, as in MLA)
     window: int | None = None  # sliding-window layers cache at most this many tokens
 
-    def cells(self, n_cells: int, n_ubatch: int = 512) -> int:
+    def cells(self, n_cells: int, n_ubatch: int = 512, n_seq: int = 1, kv_unified: bool = False) -> int:
         """The cells this layer keeps out of the context's n_cells: all of them, or for a
-        sliding-window layer at most GGML_PAD(window + n_ubatch, 256) (llama-kv-cache-iswa.cpp)."""
+        sliding-window layer at most GGML_PAD(window + n_ubatch, 256) (llama-kv-cache-iswa.cpp).
+
+        With n_seq sequences (n_seq_max) the window is kept per sequence: without a unified cache
+        n_cells is n_seq streams of n_cells / n_seq and each stream keeps its own window; a
+        unified cache is one stream of GGML_PAD(min(n_cells, n_swa * n_seq_max + n_ubatch), 256)
+        (llama_kv_cache_iswa: size_swa = n_swa * (unified ? n_seq_max : 1) + n_ubatch)."""
         if not self.window:
             return n_cells
-        return min(n_cells, -(-(self.window + n_ubatch) // KV_CELL_PAD) * KV_CELL_PAD)
+        streams = 1 if kv_unified or n_seq <= 1 else n_seq
+        window = self.window * (max(1, n_seq) if kv_unified else 1)
+        per_stream = min(n_cells // streams, -(-(window + n_ubatch) // KV_CELL_PAD) * KV_CELL_PAD)
+        return per_stream * streams
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,12 @@ class ArchSpec:
         path = Path(directory) / f"{self.key}.gguf"
         return write_gguf(path, self.arch, {**self.metadata, **metadata}, self.tensors, fill="sparse")
 
+    def write_for_llama_cpp(self, directory: Path) -> Path:
+        """The fixture as llama.cpp loads it in a dry run: its "none" tokenizer with dummy tokens, so
+        no vocabulary needs writing."""
+        n_vocab = next(t.shape[1] for t in self.tensors if t.name == "token_embd.weight")
+        return self.write(directory, **{"tokenizer.ggml.model": "none", f"{self.arch}.vocab_size": n_vocab})
+
 
 def _type(shape: tuple[int, ...], preferred: str) -> str:
     if len(shape) == 1:

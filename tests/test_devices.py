@@ -133,6 +133,23 @@ def test_two_identical_cards_hold_the_whole_model_with_a_speed_estimate():
     assert p.decode.bound and "15.75 GB/s" in p.decode.basis and "crosses between devices" in p.decode.basis
 
 
+def test_slots_over_two_gpus_hold_a_state_each_and_cost_what_one_gpu_counts():
+    """-np 4 on two cards: every Gated DeltaNet layer keeps four states on its own device (this was
+    one before, and `evaluate` over devices dropped the slots), and the slots cost what they cost on
+    one GPU, plus, on the card without the output layer (whose compute buffer is a layer's peak,
+    not the logits), the three more states each recurrent layer gathers and writes in the graph."""
+    machine = machine_mod.load_profile("2x-rtx3060-12gb", host=HOST)
+    one = plan(QWEN, machine, Wishes(n_ctx=8192))
+    four = evaluate(QWEN, machine, one.params, Wishes(n_seq=4))
+    assert sum(d.recurrent for d in four.devices) == 4 * QWEN.recurrent_state_bytes
+    assert [d.recurrent > 0 for d in four.devices] == [True, True, False]
+    assert [d.kv for d in four.devices] == [d.kv for d in one.devices]  # 4 streams of 2048 cells
+    single = machine_mod.load_profile("rtx4090-24gb", host=HOST)
+    params = plan(QWEN, single, Wishes(n_ctx=8192)).params
+    per_layer = QWEN.recurrent_state_bytes // 30  # 30 Gated DeltaNet layers
+    assert planner.slot_cost(QWEN, machine, one.params, 4) == planner.slot_cost(QWEN, single, params, 4) + 2 * 3 * per_layer
+
+
 SMALL = MachineFacts((), 8 * GiB, 7 * GiB, 4, 40e9, source="small box")
 
 

@@ -267,6 +267,36 @@ def test_flash_attention_off_is_honoured(demo):
         load(demo, flash_attn="off", type_v="q8_0")
 
 
+# --- slots: n_seq_max sequences in one context ---------------------------------------------------
+
+
+def test_four_slots_allocate_what_the_plan_counts(demo):
+    """The server's -np 4 (n_seq_max 4, kv_unified off: four streams of n_ctx / 4 cells): llama.cpp's
+    logged output buffer is four rows of n_vocab f32 logits; its logged compute + output buffers are
+    the plan's CPU compute figure to within 1 % (the plan is 0.24 MiB above them for this model and
+    shape, measured with scripts/measure_slot_buffers.py's dry runs); KV cache + recurrent state
+    (four states) are exactly the plan's."""
+    from moecli.facts import MachineFacts
+    from moecli.planner import Wishes, evaluate
+    from moecli.units import GiB, MiB
+
+    lines: list[str] = []
+    params = LlamaParams(n_ctx=1024, n_batch=256, n_ubatch=256)
+    with Engine.load(demo, params, on_log=lines.append, n_seq_max=4) as e:
+        assert e.n_ctx == 1024
+        context = e.buffers.context["CPU"]
+    log = "".join(lines)
+    compute = float(re.search(r"CPU compute buffer size = +([\d.]+) MiB", log).group(1))
+    output = float(re.search(r"CPU +output buffer size = +([\d.]+) MiB", log).group(1))
+    facts = read_model(str(demo))
+    host = MachineFacts((), 16 * GiB, 14 * GiB, 2, 20e9, source="test host")
+    plan = evaluate(facts, host, params, Wishes(n_seq=4))
+    assert output == pytest.approx(4 * facts.n_vocab * 4 / MiB, abs=0.005)
+    assert plan.cpu.compute / MiB == pytest.approx(compute + output, rel=0.01)
+    assert plan.cpu.kv + plan.cpu.recurrent == context
+    assert plan.cpu.recurrent == 4 * facts.recurrent_state_bytes
+
+
 # --- dry runs ----------------------------------------------------------------------------------
 
 

@@ -650,3 +650,31 @@ def test_a_step_puts_the_slots_in_order_whatever_order_they_were_taken(demo_mode
     together = [s for s in steps if len(s) == 4]
     assert together, steps  # the four did decode together
     assert all(s == sorted(s) for s in steps), steps
+
+
+def test_auto_slots_count_what_every_slot_costs(tmp_path):
+    """A model without a recurrent state still pays per slot: gpt-oss-20b's sliding-window layers
+    keep a window per sequence (a unified cache: n_swa x n_seq + n_ubatch cells), and each slot a
+    row of logits. On a 12 GB card at -c 16384 -ub 2048 the third and fourth slots would move
+    expert weights off the GPU, so auto stops at two (it took four when slots were free)."""
+    import archspecs
+
+    from moecli import app as usecases
+    from moecli import machine as machine_mod
+    from moecli.facts import MachineFacts
+    from moecli.gguf import read_model
+    from moecli.units import GiB
+
+    gpt_oss = read_model(archspecs.SPECS["gpt-oss-20b"]().write_for_llama_cpp(tmp_path))
+    card = machine_mod.load_profile("rtx3060-12gb", host=MachineFacts((), 32 * GiB, 29 * GiB, 8, 51.2e9, source="host"))
+    request = usecases.Request.from_options(ctx="16384", ub=2048, b=2048)
+    one = usecases.serve_job(gpt_oss, card, request, 1)
+    auto = usecases.serve_job(gpt_oss, card, request)
+    four = usecases.serve_job(gpt_oss, card, request, 4, True)
+    def experts(job):  # whole expert layers on the GPU, and tensors of a split one
+        return len(job.plan.placement.expert_layers_gpu), len(job.plan.placement.partial_gpu)
+
+    assert auto.slots.n == 2 and auto.slots.kv_unified and experts(auto) == experts(one)
+    assert experts(four) < experts(one) and four.plan.fits
+    assert auto.note.startswith("2 slots: ") and "more than one slot" in auto.note and "recurrent" not in auto.note
+    assert one.note is None

@@ -8,14 +8,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from moecli import planner
 from moecli.errors import BadInput
 from moecli.facts import MachineFacts, ModelFacts
+from moecli.units import fmt_bytes
 
 from .planning import Request, planned
 from .running import load_engine
 
 if TYPE_CHECKING:
-    from moecli import planner
     from moecli.engine import Engine
 
 AUTO_SLOTS = 4  # llama-server's -np -1 (auto): 4 slots with a unified KV cache (tools/server/server.cpp)
@@ -60,18 +61,22 @@ def _with_slots(request: Request, slots: Slots) -> Request:
 
 def serve_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, n_parallel: int = -1,
               kv_unified: bool | None = None, *, use_tuned: bool = True) -> ServeJob:
-    """The plan the server loads (the same as `run`'s, with a recurrent state per slot for hybrid
-    models, and -c shared or divided as llama-server does), and its slots. With -np auto: up to
-    llama-server's 4 slots, as many as cost no expert layer on the GPU (on a GPU a hybrid model's
-    slot costs a recurrent state there; a unified KV cache costs nothing per slot)."""
+    """The plan the server loads (the same as `run`'s, for n_seq_max = the slots: a recurrent state
+    and a row of logits per slot, each stream's window cells, the compute buffers of the slots'
+    graph, and -c shared or divided as llama-server does), and its slots. With -np auto: up to
+    llama-server's 4 slots, as many as cost no expert layer on the GPU."""
     wanted = Slots.resolve(n_parallel, kv_unified)
 
     def plan_for(facts, machine_facts, request, planning):  # what `run` uses: app.planned
         return planned(facts, machine_facts, request, use_tuned=use_tuned, planning=planning).plan
 
+    def note(the_plan: planner.Plan, n: int, short: bool = False) -> str | None:
+        return _cost_note(facts, n, planner.slot_cost(facts, machine_facts, the_plan.params, n, wanted.kv_unified),
+                          short)
+
     if n_parallel != -1:
         the_plan = plan_for(facts, machine_facts, _with_slots(request, wanted), planning=False)
-        job = ServeJob(the_plan, wanted, _cost_note(facts, wanted.n))
+        job = ServeJob(the_plan, wanted, note(the_plan, wanted.n))
     else:
         one = plan_for(facts, machine_facts, _with_slots(request, Slots(1, wanted.kv_unified)), planning=False)
         job = ServeJob(one, Slots(1, wanted.kv_unified))
@@ -79,13 +84,13 @@ def serve_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, 
             slots = Slots(n, wanted.kv_unified)
             candidate = plan_for(facts, machine_facts, _with_slots(request, slots), planning=False)
             if candidate.fits and _expert_layers_on_gpu(candidate) >= _expert_layers_on_gpu(one):
-                job = ServeJob(candidate, slots, _cost_note(facts, n))
+                job = ServeJob(candidate, slots, note(candidate, n))
                 break
         else:
             if wanted.n > 1 and one.gpu is not None:
                 lost = _expert_layers_on_gpu(one)[0] - _expert_layers_on_gpu(
                     plan_for(facts, machine_facts, _with_slots(request, Slots(2, wanted.kv_unified)), planning=False))[0]
-                job = replace(job, note=f"1 slot: a second one ({_cost_note(facts, 2, short=True)}) would move "
+                job = replace(job, note=f"1 slot: a second one ({note(one, 2, short=True)}) would move "
                                         f"{max(lost, 1)} expert layer(s) off the GPU; give -np 2 to have it anyway")
     if job.n_ctx_slot < 2:
         raise BadInput(f"-c {job.plan.params.n_ctx} divided among {job.slots.n} slots leaves no room",
@@ -93,14 +98,16 @@ def serve_job(facts: ModelFacts, machine_facts: MachineFacts, request: Request, 
     return job
 
 
-def _cost_note(facts: ModelFacts, n: int, short: bool = False) -> str | None:
-    """What each slot costs beyond the first: a recurrent state per sequence (hybrid models)."""
-    from moecli.units import fmt_bytes
-
-    if not facts.recurrent_state_bytes:
+def _cost_note(facts: ModelFacts, n: int, extra: int, short: bool = False) -> str | None:
+    """What the slots beyond the first cost (`extra` bytes, planner.slot_cost), and the recurrent
+    state each holds (hybrid models)."""
+    state = f"a recurrent state of {fmt_bytes(facts.recurrent_state_bytes)} per slot" if facts.recurrent_state_bytes else ""
+    if short:
+        return f"{fmt_bytes(max(extra, 0))} more" + (f", {state}" if state else "")
+    if n < 2 or extra <= 0 and not state:
         return None
-    each = f"a recurrent state of {fmt_bytes(facts.recurrent_state_bytes)} per slot"
-    return each if short else f"{n} slots: {each}, {fmt_bytes(facts.recurrent_state_bytes * n)} in all"
+    more = f"{fmt_bytes(extra)} more than one slot" if extra > 0 else "no more memory than one slot"
+    return f"{n} slots: {more}" + (f" ({state})" if state else "")
 
 
 def load_for_serving(path: Path, job: ServeJob, *, on_log: Callable[[str], None] | None = None) -> Engine:

@@ -177,12 +177,13 @@ def _buffer_sizes(ctx: int, log_lines: Sequence[str]) -> BufferSizes:
 
 
 def dry_run(path: str | os.PathLike[str], params: LlamaParams | None = None, *,
-            on_log: Callable[[str], None] | None = None) -> BufferSizes:
+            on_log: Callable[[str], None] | None = None, n_seq_max: int = 1, kv_unified: bool = False) -> BufferSizes:
     """What llama.cpp would allocate per buffer type for this model and these parameters, without
     allocating it: the model is loaded with `no_alloc = true` and a context is made, as llama.cpp's
     --fit measures (common/fit.cpp). Like --fit, the dry run never maps the file, so weights a
     real load with mmap puts in "CPU_Mapped" are counted under "CPU" (or "CUDA_Host") here; the
-    recurrent state (a few MiB) is allocated for real, as llama.cpp does.
+    recurrent state (a few MiB) is allocated for real, as llama.cpp does. `n_seq_max` and
+    `kv_unified` are the context's sequences (the server's slots), as `Engine` takes them.
 
     Needs llama.cpp's memory breakdown, which moecli reads on x86-64 Linux."""
     if not _BREAKDOWN_ABI:
@@ -196,7 +197,7 @@ def dry_run(path: str | os.PathLike[str], params: LlamaParams | None = None, *,
     try:
         mparams = _ModelParams(params, no_alloc=True)
         model = _load_model(path, mparams, sink)
-        ctx = _new_context(model, params, *_resolve_threads(params), sink)
+        ctx = _new_context(model, params, *_resolve_threads(params), sink, n_seq_max, kv_unified)
         return _buffer_sizes(ctx, sink.text())
     finally:
         if ctx:

@@ -19,7 +19,15 @@ llama-cpp-python 0.3.36 vendors; each rule names the place in its source it repe
   window layers hold GGML_PAD(min(n_ctx, n_swa + n_ubatch), 256) cells (src/llama-kv-cache-iswa.cpp).
 - recurrent state: one f32 state per sequence per recurrent layer (src/llama-memory-recurrent.cpp:
   mem_size = max(1, n_seq_max), times 1 + n_rs_seq with n_rs_seq = 0 by default).
-- compute buffers: see `_compute`; the CUDA runtime's own memory: `GpuFacts.runtime_overhead`.
+- compute buffers: see `memory._compute`; the CUDA runtime's own memory: `GpuFacts.runtime_overhead`.
+- several sequences (n_seq_max, the server's -np slots; `Wishes.n_seq`, `slot_cost`): without a
+  unified cache n_ctx is n_seq streams of n_ctx_seq = GGML_PAD(n_ctx / n_seq, 256) cells and each
+  stream keeps its own sliding window (with one, the window is n_swa x n_seq_max); a recurrent
+  state each; a row of logits each in the output buffer (llama_context::output_reserve(n_seq_max));
+  the worst-case graph split into n_seq sequences, whose attention masks and KQ cover one stream
+  and whose recurrent layers gather a state per sequence (`memory._activations`). Checked against
+  llama.cpp's CPU dry runs for n_seq 1-8: tests/data/slot_buffers.json, written by
+  scripts/measure_slot_buffers.py. With one sequence every figure is the single-sequence one.
 
 Figures said to come from "the H100 runs" were measured in two sessions on an H100 80 GB machine
 (16 cores) with llama-bench -p 512 -n 128 -r 3 on the synthetic Qwen3.6-35B-A3B Q4_K_M file that
@@ -36,7 +44,7 @@ from moecli.planner.memory import (
     OFFLOAD_COPY_SLACK,
     OP_OFFLOAD_MIN_BATCH,
 )
-from moecli.planner.search import evaluate, plan
+from moecli.planner.search import evaluate, plan, slot_cost
 from moecli.planner.speed import EFFICIENCY, calibrated, config_key, fit, model_key, predict
 from moecli.planner.types import (
     DEFAULT_BATCH,
@@ -92,5 +100,5 @@ __all__ = [
     "KV_QUANT_LADDER", "Kind", "LoadIntoRam", "MATRIX_ROW_PADDING", "MIN_CTX", "MemoryBreakdown",
     "MmapExpertsSlowPrompt", "MmapRamShort", "MtpNotLoaded", "NoExpertsOnGpu", "NonExpertsOnCpu",
     "OFFLOAD_COPY_SLACK", "OP_OFFLOAD_MIN_BATCH", "OneGpu", "Placement", "Plan", "RAM_RESERVE", "RamLoadFails",
-    "RamPages", "RamWouldFit", "RpcWouldFit", "Speed", "SpeedFigure", "SpeedInputs", "SpeedSample", "TensorPlacement", "ThreadsOverCores", "UbatchBelowOffload", "Wishes", "evaluate", "parse_ctx", "plan",
+    "RamPages", "RamWouldFit", "RpcWouldFit", "Speed", "SpeedFigure", "SpeedInputs", "SpeedSample", "TensorPlacement", "ThreadsOverCores", "UbatchBelowOffload", "Wishes", "evaluate", "parse_ctx", "plan", "slot_cost",
 ]

@@ -38,14 +38,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moecli.errors import BadInput, DoesNotFit
-from moecli.facts import GpuFacts, KvLayer, MachineFacts, RpcFacts
+from moecli.facts import GpuFacts, MachineFacts, RpcFacts
 from moecli.params import ALL_LAYERS, CPU, EXPS_REGEX, LlamaParams
 from moecli.planner.memory import (
     CUDA_ALIGNMENT,
     CUDA_COMPUTE_SLACK,
     OFFLOAD_COPY_SLACK,
     OP_OFFLOAD_MIN_BATCH,
+    _activations,
     _kv_bytes,
+    _output_buffer,
     _output_bytes,
     _pool_growth,
     _runtime_overhead,
@@ -256,12 +258,11 @@ def _account(m: _Model, setup: _Setup, where: _DWhere, devs: Sequence[_Dev], ram
         if out_dev in cuda:
             padding[out_dev] += CUDA_ALIGNMENT
 
-    cells = setup.cells
     kv = dict.fromkeys(weights, 0)
     largest_cpu_kv = 0
     scratch = dict.fromkeys(weights, 0)
     for layer, n_k, n_v, window in m.kv_layers:
-        layer_cells = KvLayer(layer, n_k, n_v, window).cells(cells, setup.ubatch)
+        layer_cells = setup.layer_cells(window)
         size = _kv_bytes(setup.type_k, n_k, layer_cells) + _kv_bytes(setup.type_v, n_v, layer_cells)
         device = where.layers[layer]
         kv[device] += size
@@ -271,17 +272,14 @@ def _account(m: _Model, setup: _Setup, where: _DWhere, devs: Sequence[_Dev], ram
             scratch[device] = max(scratch[device], layer_cells * 2 * (n_k * (setup.type_k != "f16")
                                                                       + n_v * (setup.type_v != "f16")))
     recurrent = dict.fromkeys(weights, 0)
-    for layer, size in m.recurrent_per_layer:
-        recurrent[where.layers[layer]] += size
+    for layer, size in m.recurrent_per_layer:  # one state per sequence, as in planner.memory
+        recurrent[where.layers[layer]] += size * max(1, setup.n_seq)
 
     # compute buffers (see planner.memory._compute for the terms and their calibration)
     f = m.facts
-    n_tokens = setup.reserve_tokens
-    n_outputs = min(n_tokens, setup.batch)
-    tail = n_outputs * f.n_vocab * 4 + n_tokens * f.n_embd * 4 * 4
-    layer_act = n_tokens * m.floats_per_token * 4
-    if not setup.fa_on and m.kv_layers:
-        layer_act += setup.cells * n_tokens * (m.n_head + 1) * 4
+    n_tokens = setup.graph_tokens
+    tail, layer_act = _activations(m, setup)
+    out_one, out_more = _output_buffer(m, setup)
     first_cuda = next((d.name for d in devs if d.cuda), None)
     offload = n_tokens >= OP_OFFLOAD_MIN_BATCH and first_cuda is not None
     holds = {d: any(x == d for x in where.layers) or any(x == d for x in where.devices) for d in names}
@@ -297,12 +295,12 @@ def _account(m: _Model, setup: _Setup, where: _DWhere, devs: Sequence[_Dev], ram
             if copies or output_copy:
                 c += OFFLOAD_COPY_SLACK
         compute[d] = c + (CUDA_COMPUTE_SLACK if d in cuda else 0)
-    cpu_compute = n_tokens * f.n_embd * 4 * 4 + f.n_vocab * 4
+    cpu_compute = n_tokens * f.n_embd * 4 * 4 + out_one
     if not offload and largest_cpu:
         cpu_compute = max(cpu_compute, layer_act)  # the CPU runs its layers' work itself
     if out_dev == CPU and not offload:
         cpu_compute = max(cpu_compute, tail)
-    compute[CPU] = cpu_compute
+    compute[CPU] = cpu_compute + out_more  # the output buffer's rows of the other sequences
 
     rows = []
     for d in devs:

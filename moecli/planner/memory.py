@@ -4,7 +4,7 @@ memory with buffer padding."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from moecli.facts import KV_CELL_PAD, GpuFacts, KvLayer, TensorInfo
@@ -54,6 +54,21 @@ class _Setup:
         return per_seq * self.n_seq
 
     @property
+    def n_stream(self) -> int:
+        """KV streams: one per sequence without a unified cache (llama_kv_cache: n_stream =
+        unified ? 1 : n_seq_max), else one."""
+        return 1 if self.kv_unified else max(1, self.n_seq)
+
+    @property
+    def cells_per_seq(self) -> int:
+        """llama_context's n_ctx_seq: the cells of one stream (all of them with a unified cache)."""
+        return self.cells // self.n_stream
+
+    def layer_cells(self, window: int | None) -> int:
+        """The cells a layer keeps: all of them, or for a sliding-window layer its window per stream."""
+        return KvLayer(0, 0, 0, window).cells(self.cells, self.ubatch, self.n_seq, self.kv_unified)
+
+    @property
     def batch(self) -> int:  # llama_context: with causal attention n_batch <= n_ctx
         return min(self.n_ctx, self.n_batch)
 
@@ -64,6 +79,13 @@ class _Setup:
     @property
     def reserve_tokens(self) -> int:  # sched_reserve: n_tokens = min(n_ctx, n_ubatch)
         return min(self.cells, self.ubatch)
+
+    @property
+    def graph_tokens(self) -> int:
+        """The tokens of the worst-case graph: llama_context::graph_reserve splits them into
+        n_seq_max sequences of equal length, rounding n_tokens up to a multiple of n_seq_max."""
+        n_seq = max(1, self.n_seq)
+        return -(-self.reserve_tokens // n_seq) * n_seq
 
     @property
     def fa_on(self) -> bool:  # "auto" resolves to on where the device supports it (CUDA, CPU)
@@ -105,12 +127,11 @@ def _account(m: _Model, setup: _Setup, where: _Where, gpu: GpuFacts | None, gpu_
         weights[GPU] += copied
         gpu_padding += CUDA_ALIGNMENT
 
-    cells = setup.cells
     kv = {GPU: 0, CPU: 0}
     largest_cpu_kv = 0
     fa_f16_scratch = 0
     for layer, n_k, n_v, window in m.kv_layers:
-        layer_cells = KvLayer(layer, n_k, n_v, window).cells(cells, setup.ubatch)
+        layer_cells = setup.layer_cells(window)
         size = _kv_bytes(setup.type_k, n_k, layer_cells) + _kv_bytes(setup.type_v, n_v, layer_cells)
         on_gpu = has_gpu and where.layer_on_gpu(m, layer)
         kv[GPU if on_gpu else CPU] += size
@@ -158,11 +179,12 @@ def _pool_growth(m: _Model, setup: _Setup) -> int:
 
 def _compute(m: _Model, setup: _Setup, where: _Where, has_gpu: bool, largest_cpu: int,
              largest_cpu_kv: int, fa_f16_scratch: int) -> tuple[int, int]:
-    """Compute buffers (GPU, CPU) in bytes.
+    """Compute buffers (GPU, CPU) in bytes, the CPU's with the host output buffer.
 
     llama.cpp sizes them by reserving the worst-case graph (llama_context::sched_reserve: a prompt
     micro-batch of n_tokens = min(n_ctx, n_ubatch), one output per token up to n_outputs_max =
-    n_batch, the full KV cache) and letting ggml-alloc reuse memory as tensors die. Two peaks:
+    n_batch, the full KV cache) and letting ggml-alloc reuse memory as tensors die. Two peaks
+    (`_activations`):
     - the tail: the logits, n_outputs x n_vocab f32 (485 MiB for Qwen3.6 at n_ubatch 512), plus a
       few rows of n_embd per token (measured: 16 MiB at 512 tokens for n_embd 2048);
     - inside a layer: its activations (`_floats_per_token`), the attention scratch (without
@@ -174,17 +196,14 @@ def _compute(m: _Model, setup: _Setup, where: _Where, has_gpu: bool, largest_cpu
     Calibration (CPU dry run of the Qwen3.6 shapes: 501.0 MiB; llama.cpp's estimates in the H100
     runs at ctx 4096 / ub 512 imply 511 MiB all on GPU and 511-543 MiB with experts on the CPU):
     GPU = max(tail, layer) + CUDA_COMPUTE_SLACK (+ OFFLOAD_COPY_SLACK when weights are copied).
+    What several sequences (server slots) change is in `_activations` and `_output_buffer`.
     """
-    n_tokens = setup.reserve_tokens
-    n_outputs = min(n_tokens, setup.batch)
+    n_tokens = setup.graph_tokens
     f = m.facts
-    logits = n_outputs * f.n_vocab * 4
-    tail = logits + n_tokens * f.n_embd * 4 * 4
-    layer = n_tokens * m.floats_per_token * 4
-    if not setup.fa_on and m.kv_layers:
-        layer += setup.cells * n_tokens * (m.n_head + 1) * 4  # KQ (soft_max in place) and the f32 mask
+    tail, layer = _activations(m, setup)
+    out_one, out_more = _output_buffer(m, setup)
     if not has_gpu:
-        return 0, max(tail, layer) + f.n_vocab * 4  # + the host output buffer (one output)
+        return 0, max(tail, layer) + out_one + out_more
 
     offload = n_tokens >= OP_OFFLOAD_MIN_BATCH
     output_copy = 0
@@ -202,13 +221,74 @@ def _compute(m: _Model, setup: _Setup, where: _Where, has_gpu: bool, largest_cpu
         if copies or output_copy:
             gpu += OFFLOAD_COPY_SLACK
     # The CPU's compute buffer (pinned host memory next to a GPU) holds what stays on the CPU:
-    # the embedding lookup, and whole layers when batches are too small to offload.
-    cpu = n_tokens * f.n_embd * 4 * 4 + f.n_vocab * 4
+    # the embedding lookup, and whole layers when batches are too small to offload; beside it the
+    # output buffer (CUDA_Host), one row of logits per sequence.
+    cpu = n_tokens * f.n_embd * 4 * 4 + out_one
     if not offload and largest_cpu:
         cpu = max(cpu, layer)
     if not output_device_gpu:
         cpu = max(cpu, tail)
-    return gpu, cpu
+    return gpu, cpu + out_more
+
+
+def _activations(m: _Model, setup: _Setup) -> tuple[int, int]:
+    """The worst-case graph's two peaks (see `_compute`), (tail, layer) in bytes, for n_seq_max
+    sequences. llama_context::graph_reserve builds the prompt graph as n_seq_max sequences of
+    n_tokens / n_seq_max tokens each (n_tokens rounded up to a multiple of n_seq_max); the logits
+    stay n_outputs = min(n_tokens, n_outputs_max) rows. What the sequences change, from
+    src/llama-graph.cpp:
+    - without a unified KV cache the attention runs per stream (build_attn_mha views q, k, v as
+      n_stream streams): the KQ mask (build_attn_inp_kq_mask) is [n_kv, n_tokens / n_stream, 1,
+      n_stream] with n_kv = n_ctx_seq, so mask and KQ cover n_ctx_seq = n_ctx / n_seq_max cells,
+      not n_ctx; one mask per kind of layer (full, sliding window), f16 with flash attention and
+      f32 without. In the CPU dry runs (tests/data/slot_buffers.json) llama.cpp's peak with
+      n_stream > 1 is the tail plus those masks for Qwen3.6 (to 0.1 MiB) and the demo model,
+      so the tail counts them then; plain-attention MoE models (Qwen3-30B-A3B) keep them inside
+      a layer's peak, where counting them is on the safe side (32 MiB at -c 16384 -ub 2048 -np 2).
+      At n_stream = 1 the calibrated tail above already holds the mask (Qwen3.6: 501.0 MiB
+      measured and predicted), and a unified cache adds only what a sliding-window mask grows by;
+    - a recurrent layer gathers n_seq states (build_rs: ggml_get_rows of [state_size, n_seqs])
+      and writes n_seq new ones (the delta-net / ssm-scan output holds them): two states per
+      sequence live in the layer, the first sequence's being in the single-sequence bound.
+    With one sequence both are the single-sequence terms exactly."""
+    n_tokens = setup.graph_tokens
+    n_outputs = min(setup.reserve_tokens, setup.batch)
+    f = m.facts
+    tail = n_outputs * f.n_vocab * 4 + n_tokens * f.n_embd * 4 * 4
+    layer = n_tokens * m.floats_per_token * 4
+    if not setup.fa_on and m.kv_layers:
+        # KQ (soft_max in place) and the f32 mask, per stream
+        layer += setup.cells_per_seq * n_tokens * (m.n_head + 1) * 4
+    tail += _slot_masks(m, setup)
+    if setup.n_seq > 1 and m.recurrent_per_layer:
+        layer += 2 * (setup.n_seq - 1) * max(size for _, size in m.recurrent_per_layer)
+    return tail, layer
+
+
+def _slot_masks(m: _Model, setup: _Setup) -> int:
+    """What the KQ masks add to the tail with several sequences (see `_activations`): without a
+    unified cache the masks of the n_stream streams, n_ctx_seq (or the window's cells) x n_tokens
+    each; with one it is the single-sequence mask, except that a sliding-window mask covers
+    n_swa x n_seq_max + n_ubatch cells, and what it grows by counts."""
+    if setup.n_seq <= 1 or not m.kv_layers:
+        return 0
+    windows = {window for _, _, _, window in m.kv_layers}
+    element = 2 if setup.fa_on else 4  # f16 with flash attention, else f32
+    if setup.n_stream > 1:
+        cells = sum(setup.layer_cells(window) // setup.n_stream for window in windows)
+    else:
+        one = replace(setup, n_seq=1)
+        cells = sum(setup.layer_cells(window) - one.layer_cells(window) for window in windows)
+    return cells * setup.graph_tokens * element
+
+
+def _output_buffer(m: _Model, setup: _Setup) -> tuple[int, int]:
+    """The host output buffer (llama_context::output_reserve(n_seq_max) at context creation): logits
+    for max(n_outputs, n_seq_max) rows of n_vocab f32, in RAM (CUDA_Host next to a GPU). Returned
+    as (the first row, the rows of the other sequences): the single-sequence accounting counts the
+    first one as it always has (inside a max), each further sequence adds its row outside it."""
+    row = m.facts.n_vocab * 4
+    return row, row * (max(1, setup.n_seq) - 1)
 
 
 def _output_bytes(m: _Model) -> int:

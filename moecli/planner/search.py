@@ -182,6 +182,18 @@ def evaluate(model: ModelFacts, machine: MachineFacts, params: LlamaParams, wish
     return _finish(m, machine, gpu, params, setup, where, acc, found)
 
 
+def slot_cost(model: ModelFacts, machine: MachineFacts, params: LlamaParams, n_seq: int,
+              kv_unified: bool = False) -> int:
+    """Bytes that n_seq sequences (the server's -np slots) hold beyond one, over all devices, for
+    the configuration `params` (a plan's own flags): a recurrent state each, a row of logits each
+    in the output buffer, each stream's sliding-window cells, the cells that padding each stream's
+    share of -c adds, and what the compute buffers change by (see planner.memory._activations).
+    Negative where attention over each slot's share of the context costs less than over all of it."""
+    one = evaluate(model, machine, params, Wishes(n_seq=1, kv_unified=kv_unified))
+    more = evaluate(model, machine, params, Wishes(n_seq=n_seq, kv_unified=kv_unified))
+    return sum(d.total for d in more.devices) - sum(d.total for d in one.devices)
+
+
 # ---------------------------------------------------------------------------------------------
 # plan: choose
 
@@ -565,7 +577,8 @@ def _evaluate_devices(m: _Model, machine: MachineFacts, params: LlamaParams, wis
 
     devs = multi.machine_devices(machine, wishes)
     ram = _ram_budget(machine)
-    setup = _Setup(n_ctx, params.type_k, params.type_v, params.n_ubatch, params.n_batch, params.flash_attn)
+    setup = _Setup(n_ctx, params.type_k, params.type_v, params.n_ubatch, params.n_batch, params.flash_attn,
+                   wishes.n_seq, wishes.kv_unified)
     where, acc, found = multi.evaluate_devices(m, setup, params, devs, ram)
     chosen = multi.DevicePlan(params, setup, where, acc, (), {})
     found += _ram_findings_devices(m, chosen, devs, ram)
