@@ -451,7 +451,8 @@ def test_a_request_llama_cpp_cannot_take_fails_alone(tmp_path, home):
     s = start(tmp_path, "-np", "2", "--kv-unified", "-c", "1024", home=home)
     try:
         long_prompt = "cat " * 600
-        first = s.client().completions.create(model="x", prompt=long_prompt, max_tokens=200, temperature=0,
+        # the first must still be generating when the second comes (at most 1024 - 601 tokens)
+        first = s.client().completions.create(model="x", prompt=long_prompt, max_tokens=400, temperature=0,
                                               stream=True, extra_body={"ignore_eos": True})
         pieces = [next(first).choices[0].text for _ in range(3)]
         with pytest.raises(openai.InternalServerError, match="no room"):
