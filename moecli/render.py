@@ -130,6 +130,11 @@ _TEXT: dict[str, Callable] = {
                                      + f": --ctx max falls back to {x.n_ctx} tokens with a layer split"),
     "no_experts_on_gpu": lambda x: ("no expert layers on the GPU: the memory freed by what was given up holds the "
                                     "non-expert weights, not experts"),
+    "crossings_weighed": lambda x: (f"experts kept with their layers: filling every device's room with experts would cross "
+                                    f"between devices {x.fill_crossings} times per token ({x.fill_link_ms:.2f} ms over the "
+                                    f"links, {x.crossing_ms:.2f} ms a crossing to {x.device} over {x.via}) against "
+                                    f"{x.crossings} here ({x.link_ms:.2f} ms): {x.fill_bound:.1f} against {x.bound:.1f} "
+                                    "tok/s by the estimate"),
     "load_into_ram": lambda x: ("load into RAM (-lm none): the GPU copies CPU-resident weights for prompts from pinned "
                                 "memory, ~5x faster prompt processing than with mmap"),
     "mmap_ram_short": lambda x: (f"mmap: loading into RAM needs {fmt_bytes(x.needed)} but about {fmt_bytes(x.budget)} "

@@ -535,7 +535,7 @@ def test_what_would_fit_ram_says_which_context_and_how_small_a_quant():
 def test_findings_are_data_and_render_words_every_code():
     """Every kind of finding has a stable code, figures as fields and words in render; the plan's
     JSON carries the figures, the CLI's JSON (render.plan_json) the words as well."""
-    sample = {"int": 4096, "str": "q8_0", "bool": False, "int | None": None}
+    sample = {"int": 4096, "str": "q8_0", "bool": False, "int | None": None, "float": 1.5}
     codes = set()
     for cls in planner.Finding.__subclasses__():
         finding = cls(**{f.name: sample[f.type] for f in dataclasses.fields(cls)})
@@ -547,7 +547,7 @@ def test_findings_are_data_and_render_words_every_code():
         "gpu_over_budget", "ram_load_fails", "ram_pages", "ram_would_fit", "mmap_experts_slow_prompt",
         "ubatch_below_offload", "non_experts_on_cpu", "gave_up_kv_quant", "gave_up_ubatch", "gave_up_ctx",
         "gave_up_layers", "ctx_max_falls_back", "no_experts_on_gpu", "load_into_ram", "mmap_ram_short", "cpu_only",
-        "dense_model", "one_gpu", "mtp_not_loaded", "threads_over_cores", "rpc_would_fit"}
+        "dense_model", "one_gpu", "mtp_not_loaded", "threads_over_cores", "rpc_would_fit", "crossings_weighed"}
     p = plan(QWEN, machine_mod.apply_overrides(HOST, vram="2.5GiB"))
     layers = next(f for f in p.gave_up if f.code == "gave_up_layers")
     assert (layers.n_gpu_layers, layers.n_layer) == (p.params.n_gpu_layers, 40)

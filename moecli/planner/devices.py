@@ -20,14 +20,23 @@ The search: every layer on the devices when the non-expert weights fit (KV preci
 micro-batch, then layers given up as in the single-GPU search), the layers split by `-ts` in
 proportion to each device's budget; then each device takes the experts of its own layers, from the
 back of its block, while everything fits; then what room is left takes the CPU's remaining expert
-layers. No layer is split by tensor across devices (the single-GPU search does that for one card).
+layers (the budget fill). No layer is split by tensor across devices (the single-GPU search does
+that for one card). An expert layer away from its layer's device costs two crossings per token
+(there and back), 0.7 ms each to a worker on this machine, which the fill does not weigh; so the
+search also weighs candidates that cross less, each as explicit flags (-dev, -ts with the layers
+each device holds, -ot): the budget split with each device holding only its own layers' experts;
+whole layers packed onto the devices from the back (a layer split: the CPU's layers first, then
+each device's block in llama.cpp's order, three crossings for a worker and a card), alone and with
+the room left taking CPU layers' experts (every device, or the local GPUs only); and the
+alternatives below with their default split written out as -ts. It keeps the one with the best
+decode bound of its own estimate (`decode`); a tie keeps the budget fill; without a bound (a
+bandwidth unknown), the fill. A note says so when the choice crosses less than the fill.
 
 The alternatives a plan lists are what a llama.cpp user types for several devices, placed by
 `where_from_params` as llama.cpp places them: no -ts (the default split, by each device's free
 memory), `-ngl all --n-cpu-moe N` (the experts left to the devices follow their layers, onto the
-card holding the last ones), the layer split `-ngl N`, and `--cpu-moe`. The search does not weigh
-the crossings between devices that its expert fill adds; where one of these is faster by the same
-estimate (a worker on this machine, 0.7 ms a crossing), it says so and by how many crossings.
+card holding the last ones), the layer split `-ngl N`, and `--cpu-moe`. Being among the search's
+candidates, none that fits is faster by the plan's estimate.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ from moecli.planner.speed import EFFICIENCY, _tensor_bytes_per_token
 from moecli.planner.types import (
     DEFAULT_MARGIN,
     Alternative,
+    CrossingsWeighed,
     DecodeEstimate,
     Finding,
     GaveUpLayers,
@@ -384,17 +394,107 @@ class _DeviceSearch:
         where = _place(m, layers, experts=experts if m.is_moe else None, ngl=ngl)
         acc = _account(m, setup, where, self.devs, self.ram)
         assert acc.fits_devices, "the search keeps to every device's budget"
-        load_mode, why = self.load_mode(where, acc)
-        found += why
-        params = self.params_for(setup, ngl, counts, experts, load_mode, threads)
+        params = self.params_for(setup, ngl, counts, experts, "auto", threads)
         exact = where_from_params(m, params, self.devs)
         assert exact.devices == where.devices, "the flags express exactly the placement planned"
+        if m.is_moe:
+            params, exact, acc, weighed = self.weigh(setup, params, exact, acc, self.candidates(setup, ngl, layers, threads))
+            found += weighed
+        load_mode, why = self.load_mode(exact, acc)
+        found += why
+        params = params.with_(load_mode=load_mode)
+        experts = {layer: d for layer, d in _expert_devices(m, exact).items() if d != CPU}
         alternatives = self.alternatives(setup, params, exact, acc)
         return DevicePlan(params, setup, exact, acc, tuple(found), experts, alternatives)
+
+    def candidates(self, setup: _Setup, ngl: int, layers: tuple[str, ...], threads: int) -> list[LlamaParams]:
+        """Other placements that weigh the crossings between devices, each as explicit flags (-dev,
+        -ts with the layers each device holds, -ot): the split by budget with each device holding
+        only its own layers' experts (the rest on the CPU); the whole layers packed onto the devices
+        from the back (a layer split: three crossings for a worker and a card), alone and with the
+        room left taking CPU layers' experts (on every device, or on the local GPUs only); and what
+        a llama.cpp user types (`typed`), with the split it gives written out as -ts."""
+        m, out = self.m, []
+        names = [d.name for d in self.devs]
+        if ngl == self.top:
+            own = self.own(setup, layers, ngl)
+            out.append(self.params_for(setup, ngl, self.layout(ngl)[1], own, "auto", threads))
+        packed = self.packed(setup)
+        if packed:
+            n_packed = int(sum(packed))
+            p_layers = _layer_devices(m.n_layer_all, n_packed, names, packed)
+            with_layers = {layer: p_layers[layer] for layer in m.expert_layers if p_layers[layer] != CPU}
+            out.append(self.params_for(setup, n_packed, packed, with_layers, "auto", threads, follow=p_layers))
+            local = [d for d in self.devs if d.cuda]
+            for targets in dict.fromkeys((tuple(self.devs), tuple(local))):
+                if targets:
+                    spilled = self.spill(setup, p_layers, n_packed, with_layers, targets)
+                    if spilled != with_layers:
+                        out.append(self.params_for(setup, n_packed, packed, spilled, "auto", threads,
+                                                   follow=p_layers))
+        typed = out[0].with_(devices=(), tensor_split=(), tensor_overrides=(), cpu_moe=False, n_cpu_moe=0) if out else None
+        if typed is None:
+            typed = self.params_for(setup, ngl, self.layout(ngl)[1], {}, "auto", threads).with_(
+                devices=(), tensor_split=(), tensor_overrides=(), cpu_moe=False, n_cpu_moe=0)
+        for alt in self.typed_flags(setup, typed).values():
+            alt_where = where_from_params(m, alt, self.devs)
+            counts = tuple(float(sum(1 for x in alt_where.layers if x == n)) for n in names)
+            explicit = alt.with_(devices=tuple(names), tensor_split=counts)
+            if where_from_params(m, explicit, self.devs).devices == alt_where.devices:
+                out.append(explicit)
+        return out
+
+    def weigh(self, setup: _Setup, params: LlamaParams, where: _DWhere, acc: _DAccount,
+              candidates: Sequence[LlamaParams]) -> tuple[LlamaParams, _DWhere, _DAccount, list[Finding]]:
+        """The candidate that fits with the best decode bound of the plan's own estimate; a tie keeps
+        the budget fill (`params`). Says so when it crosses between devices less than the fill."""
+        m = self.m
+        fill_bound = decode(m, where, self.machine, self.devs, acc.copied).bound
+        if fill_bound is None:
+            return params, where, acc, []
+        best = (fill_bound, params, where, acc)
+        for candidate in candidates:
+            c_where, c_acc = self.typed(setup, candidate)
+            if not c_acc.fits_devices:
+                continue
+            bound = decode(m, c_where, self.machine, self.devs, c_acc.copied).bound
+            if bound is not None and bound > best[0]:
+                best = (bound, candidate, c_where, c_acc)
+        bound, params_best, where_best, acc_best = best
+        if params_best is params:
+            return params, where, acc, []
+        n_fill, s_fill = _crossings(m, where, self.devs)
+        n_best, s_best = _crossings(m, where_best, self.devs)
+        found: list[Finding] = []
+        if n_best < n_fill:
+            row = (m.facts.n_embd + m.facts.n_expert) * 4
+            slow = max(self.devs, key=lambda d: d.link_latency)
+            found.append(CrossingsWeighed(n_best, s_best * 1e3, n_fill, s_fill * 1e3, bound, fill_bound, slow.name,
+                                          slow.endpoint or "PCIe", (slow.link_latency + row / slow.link_bandwidth) * 1e3))
+        return params_best, where_best, acc_best, found
+
+    def packed(self, setup: _Setup) -> list[float] | None:
+        """Whole layers (experts included) on the devices, packed from the back: the last device in
+        the order takes as many of the last layers as fit, then the one before it, and so on."""
+        names = [d.name for d in self.devs]
+        counts = [0.0] * len(self.devs)
+        for k in reversed(range(len(self.devs))):
+            while sum(counts) < self.top:
+                trial = [*counts[:k], counts[k] + 1, *counts[k + 1:]]
+                layers = _layer_devices(self.m.n_layer_all, int(sum(trial)), names, trial)
+                where = _place(self.m, layers, ngl=int(sum(trial)))
+                if not _account(self.m, setup, where, self.devs, self.ram).fits_devices:
+                    break
+                counts = trial
+        return counts if sum(counts) else None
 
     def fill(self, setup: _Setup, layers: tuple[str, ...], ngl: int) -> dict[int, str]:
         """Each device takes its own layers' experts from the back of its block while everything
         fits; then the room left takes the CPU's remaining expert layers, last layers first."""
+        return self.spill(setup, layers, ngl, self.own(setup, layers, ngl), self.devs)
+
+    def own(self, setup: _Setup, layers: tuple[str, ...], ngl: int) -> dict[int, str]:
+        """Each device takes its own layers' experts from the back of its block while everything fits."""
         m, experts = self.m, {}
         for d in self.devs:
             own = [layer for layer in reversed(m.expert_layers) if layers[layer] == d.name]
@@ -403,11 +503,18 @@ class _DeviceSearch:
                 if not self.account(setup, layers, trial, ngl).fits_devices:
                     break
                 experts = trial
+        return experts
+
+    def spill(self, setup: _Setup, layers: tuple[str, ...], ngl: int, experts: dict[int, str],
+              targets: Sequence[_Dev]) -> dict[int, str]:
+        """The room left on `targets` takes the remaining expert layers, last layers first, each on
+        the target with the most room."""
+        m = self.m
         for layer in reversed(m.expert_layers):
             if layer in experts:
                 continue
             acc = self.account(setup, layers, experts, ngl)
-            by_room = sorted(range(len(self.devs)), key=lambda i: -(acc.devices[i].free or 0))
+            by_room = sorted((i for i, d in enumerate(self.devs) if d in targets), key=lambda i: -(acc.devices[i].free or 0))
             for i in by_room:
                 trial = {**experts, layer: self.devs[i].name}
                 if self.account(setup, layers, trial, ngl).fits_devices:
@@ -418,16 +525,21 @@ class _DeviceSearch:
     def load_mode(self, where: _DWhere, acc: _DAccount) -> tuple[str, list[Finding]]:
         return _load_mode(self.m, where.devices, acc.cpu, self.wishes.load_mode)
 
-    def params_for(self, setup: _Setup, ngl: int, counts: list[int], experts: dict[int, str], load_mode: str,
-                   threads: int) -> LlamaParams:
+    def params_for(self, setup: _Setup, ngl: int, counts: Sequence[float], experts: dict[int, str], load_mode: str,
+                   threads: int, follow: tuple[str, ...] | None = None) -> LlamaParams:
+        """The flags; with `follow` (the layers' devices), -ot only for the experts away from their
+        layer, and --cpu-moe only when some expert of a layer on a device stays on the CPU."""
         from moecli.params import TensorOverride
 
+        on_cpu = self.m.is_moe and any(layer not in experts and (follow is None or follow[layer] != CPU)
+                                       for layer in self.m.expert_layers)
+        if on_cpu:
+            follow = None  # --cpu-moe would take the experts left to follow their layers too
         overrides = []
         for d in self.devs:
-            mine = [layer for layer, name in experts.items() if name == d.name]
+            mine = [layer for layer, name in experts.items() if name == d.name and (follow is None or follow[layer] != name)]
             if mine:
                 overrides.append(TensorOverride(expert_pattern(mine), d.buffer_type))
-        on_cpu = self.m.is_moe and any(layer not in experts for layer in self.m.expert_layers)
         rpc = tuple(dict.fromkeys(d.endpoint for d in self.devs if d.endpoint))
         return LlamaParams(
             n_gpu_layers=ALL_LAYERS if ngl >= self.top else ngl, cpu_moe=on_cpu, tensor_overrides=tuple(overrides),
@@ -451,7 +563,6 @@ class _DeviceSearch:
         memory per device, the decode bound of the plan's estimate, and why it was not chosen."""
         m, out = self.m, []
         plan_bound = decode(m, where, self.machine, self.devs, acc.copied).bound
-        plan_links = _crossings(m, where, self.devs)
         plan_experts = _expert_devices(m, where)
         plan_off = [layer for layer, d in plan_experts.items() if d != CPU]
         typed = params.with_(devices=(), tensor_split=(), tensor_overrides=(), cpu_moe=False, n_cpu_moe=0)
@@ -461,54 +572,49 @@ class _DeviceSearch:
             bound = decode(m, alt_where, self.machine, self.devs, alt_acc.copied).bound
             if not alt_acc.fits_devices:
                 reason = f"does not fit: {_over(alt_acc)}; " + reason
-            elif bound and plan_bound and bound > plan_bound:
-                faster = f"faster by the estimate ({bound:.1f} against the plan's {plan_bound:.1f} tok/s)"
-                n_alt, s_alt = _crossings(m, alt_where, self.devs)
-                if s_alt < plan_links[1]:  # what the plan's fill does not weigh
-                    reason = (f"{faster}: the plan fills the devices with experts without weighing the crossings "
-                              f"between devices, {plan_links[0]} per token against {n_alt} here ({plan_links[1] * 1e3:.2f} "
-                              f"against {s_alt * 1e3:.2f} ms over the links); " + reason)
-                else:
-                    reason = f"{faster}, but chosen against: " + reason
+            elif bound and plan_bound and bound > plan_bound:  # the search weighs these (candidates): not expected
+                reason = (f"faster by the estimate ({bound:.1f} against the plan's {plan_bound:.1f} tok/s), but chosen "
+                          "against: " + reason)
             devices = alt_acc.devices
             out.append(Alternative(label, alt_params, sum(d.total for d in devices[:-1]), bound, reason + caveat,
                                    devices=devices))
 
+        flags = self.typed_flags(setup, typed)
         # --n-cpu-moe N: the experts of layers 0..N-1 on the CPU, the others with their layers
-        if m.is_moe and where.n_gpu_layers in (ALL_LAYERS, self.top):
-            for n in range(m.expert_layers[-1] + 1):  # 0 is the layer split, below; the last one --cpu-moe
-                alt_params = typed.with_(n_gpu_layers=ALL_LAYERS, n_cpu_moe=n)
-                alt_where, alt_acc = self.typed(setup, alt_params)
-                if not alt_acc.fits_devices:
-                    continue
-                if n:
-                    kept = {layer: d for layer, d in _expert_devices(m, alt_where).items() if d != CPU}
-                    split = f"the default split ({_blocks(alt_where, self.devs)})"
-                    sits = _where_kept(kept, alt_where, alt_acc, self.devs)
-                    if len(kept) < len(plan_off):
-                        reason = (f"--n-cpu-moe is blind to devices: with {split} the experts it leaves to the devices "
-                                  f"stay with their layers: {len(kept)} expert layers against the plan's "
-                                  f"{len(plan_off)}, {sits}")
-                    elif alt_where.devices == where.devices:
-                        reason = (f"places every tensor where the plan does, with {split}; but that split follows "
-                                  "the free memory llama.cpp sees when it loads, which the plan's -ts does not")
-                    else:
-                        reason = (f"with {split} it keeps {len(kept)} expert layers on the devices "
-                                  f"({'as many as' if len(kept) == len(plan_off) else 'more than'} the plan's "
-                                  f"{len(plan_off)}), {sits}; but that split follows the free memory llama.cpp sees "
-                                  "when it loads, which the plan's -ts does not")
-                    add(f"-ngl all --n-cpu-moe {n}, llama.cpp's default split", alt_params, alt_where, alt_acc, reason)
-                break
+        if flags.get("n_cpu_moe") and flags["n_cpu_moe"].n_cpu_moe:
+            alt_params = flags["n_cpu_moe"]
+            alt_where, alt_acc = self.typed(setup, alt_params)
+            n = alt_params.n_cpu_moe
+            kept = {layer: d for layer, d in _expert_devices(m, alt_where).items() if d != CPU}
+            split = f"the default split ({_blocks(alt_where, self.devs)})"
+            sits = _where_kept(kept, alt_where, alt_acc, self.devs)
+            if len(kept) < len(plan_off):
+                reason = (f"--n-cpu-moe is blind to devices: with {split} the experts it leaves to the devices "
+                          f"stay with their layers: {len(kept)} expert layers against the plan's "
+                          f"{len(plan_off)}, {sits}")
+            elif alt_where.devices == where.devices:
+                reason = (f"places every tensor where the plan does, with {split}; but that split follows "
+                          "the free memory llama.cpp sees when it loads, which the plan's -ts does not")
+            else:
+                reason = (f"with {split} it keeps {len(kept)} expert layers on the devices "
+                          f"({'as many as' if len(kept) == len(plan_off) else 'more than'} the plan's "
+                          f"{len(plan_off)}), {sits}; but that split follows the free memory llama.cpp sees "
+                          "when it loads, which the plan's -ts does not")
+            add(f"-ngl all --n-cpu-moe {n}, llama.cpp's default split", alt_params, alt_where, alt_acc, reason)
 
         # the layer split without overrides, experts included
-        naive = next((n for n in range(self.top, -1, -1)
-                      if self.typed(setup, typed.with_(n_gpu_layers=n))[1].fits_devices), None)
+        naive = flags.get("layer_split")
         all_off = m.is_moe and len(plan_off) == len(m.expert_layers)
-        if naive is not None and not all_off and (m.is_moe or naive != where.n_gpu_layers):
-            alt_params = typed.with_(n_gpu_layers=ALL_LAYERS if naive >= self.top else naive)
+        if naive is not None and not all_off and (m.is_moe or naive.n_gpu_layers != where.n_gpu_layers):
+            alt_params = naive
             alt_where, alt_acc = self.typed(setup, alt_params)
+            naive_n = self.top if naive.n_gpu_layers == ALL_LAYERS else naive.n_gpu_layers
             on_cpu = sum(1 for layer in alt_where.layers[:-1] if layer == CPU)
-            if m.is_moe:
+            if m.is_moe and alt_where.devices == where.devices:
+                reason = (f"places every tensor where the plan does, with the default split "
+                          f"({_blocks(alt_where, self.devs)}); but that split follows the free memory llama.cpp sees "
+                          "when it loads, which the plan's -ts does not")
+            elif m.is_moe:
                 reason = (f"a layer split keeps whole layers, experts included, on the devices "
                           f"({_blocks(alt_where, self.devs)}): every token then reads the attention and shared "
                           f"weights of the {on_cpu} layer{'s' if on_cpu != 1 else ''} left to the CPU from RAM")
@@ -516,11 +622,11 @@ class _DeviceSearch:
                 reason = (f"the default split ({_blocks(alt_where, self.devs)}) leaves {on_cpu} layers to the CPU "
                           f"where the plan's split, by each device's room, leaves "
                           f"{sum(1 for x in where.layers[:-1] if x == CPU)}")
-            add(f"naive layer split -ngl {naive}, llama.cpp's default split", alt_params, alt_where, alt_acc, reason)
+            add(f"naive layer split -ngl {naive_n}, llama.cpp's default split", alt_params, alt_where, alt_acc, reason)
 
         # every routed expert on the CPU
         if m.is_moe and plan_off:
-            alt_params = typed.with_(n_gpu_layers=ALL_LAYERS, cpu_moe=True)
+            alt_params = flags["cpu_moe"]
             alt_where, alt_acc = self.typed(setup, alt_params)
             free = [(d.device, d.free or 0) for d in alt_acc.devices[:-1]]
             add("all experts on CPU (--cpu-moe)", alt_params, alt_where, alt_acc,
@@ -528,6 +634,25 @@ class _DeviceSearch:
                 + ", ".join(f"{name} {fmt_bytes(max(0, x))}" for name, x in free)
                 + f"), which in the plan holds the experts of {len(plan_off)} layers")
         return tuple(out)
+
+    def typed_flags(self, setup: _Setup, typed: LlamaParams) -> dict[str, LlamaParams]:
+        """What a llama.cpp user types, with the default split: `-ngl all --n-cpu-moe N` with the
+        smallest N that fits ("n_cpu_moe"), the layer split `-ngl N` that fits ("layer_split"), and
+        `--cpu-moe` ("cpu_moe", fitting or not)."""
+        m, out = self.m, {}
+        if m.is_moe:
+            for n in range(m.expert_layers[-1] + 1):  # 0 is the layer split, below; the last one --cpu-moe
+                alt_params = typed.with_(n_gpu_layers=ALL_LAYERS, n_cpu_moe=n)
+                if self.typed(setup, alt_params)[1].fits_devices:
+                    out["n_cpu_moe"] = alt_params
+                    break
+        naive = next((n for n in range(self.top, -1, -1)
+                      if self.typed(setup, typed.with_(n_gpu_layers=n))[1].fits_devices), None)
+        if naive is not None:
+            out["layer_split"] = typed.with_(n_gpu_layers=ALL_LAYERS if naive >= self.top else naive)
+        if m.is_moe:
+            out["cpu_moe"] = typed.with_(n_gpu_layers=ALL_LAYERS, cpu_moe=True)
+        return out
 
     def split_caveat(self) -> str:
         """llama.cpp splits by the free memory each device reports at load: a worker not asked yet

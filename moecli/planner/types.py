@@ -422,6 +422,26 @@ class NoExpertsOnGpu(Finding):
 
 
 @dataclass(frozen=True)
+class CrossingsWeighed(Finding):
+    """Several devices: the plan keeps experts with their layers, as the search's candidates go,
+    because filling every device's room with experts crosses between the devices more often per
+    token, slower by the plan's own decode estimate. `device`: the one with the slowest link, over
+    `via` (its endpoint, or PCIe), at `crossing_ms` a crossing to the host."""
+
+    code: ClassVar[str] = "crossings_weighed"
+    kind: ClassVar[Kind] = Kind.NOTE
+    crossings: int
+    link_ms: float
+    fill_crossings: int
+    fill_link_ms: float
+    bound: float
+    fill_bound: float
+    device: str
+    via: str
+    crossing_ms: float
+
+
+@dataclass(frozen=True)
 class LoadIntoRam(Finding):
     """-lm none chosen: CPU-resident weights are copied for prompts from pinned memory."""
 
