@@ -85,14 +85,16 @@ def test_run_split_over_cpu_and_two_workers_matches_local(workers):
     endpoints, _ = workers
     local = moecli("run", "demo", "-p", "Hello", *GREEDY, "--cpu-only")
     assert local.code == 0, local.output
-    # the plan puts the layers on RPC0 and RPC1; layer 0's experts stay on the local CPU
+    # the plan alone keeps the demo on one worker (every device crossing costs a network round
+    # trip); these overrides put layer 0's experts on the local CPU and layer 1's on RPC0
+    pins = rf"blk\.0\.ffn_(up|down|gate)_exps=CPU,blk\.1\.ffn_(up|down|gate)_exps=RPC0[{endpoints[0]}]"
     split = moecli("run", "demo", "-p", "Hello", *GREEDY, "--cpu-only", "--rpc", ",".join(endpoints),
-                   "-ot", r"blk\.0\.ffn_(up|down|gate)_exps=CPU", "--verbose", timeout=300)
+                   "-ot", pins, "--verbose", timeout=300)
     assert split.code == 0, split.output
     assert split.stdout.strip() and split.stdout == local.stdout
     log = split.stderr
     assert "RPC0" in log and "RPC1" in log, log[-3000:]  # llama.cpp's own load log names both devices
-    planned = moecli("plan", "demo", "--cpu-only", "--rpc", ",".join(endpoints), "--json")
+    planned = moecli("plan", "demo", "--cpu-only", "--rpc", ",".join(endpoints), "-ot", pins, "--json")
     plan = json.loads(planned.stdout)["plan"]
     devices = {t["device"] for t in plan["tensors"]}
     assert {"RPC0", "RPC1", "CPU"} <= devices

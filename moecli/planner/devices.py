@@ -136,8 +136,9 @@ def machine_devices(machine: MachineFacts, wishes: Wishes) -> list[_Dev]:
                             d.bandwidth, d.link_bandwidth or PCIE_BANDWIDTH, PCIE_LATENCY, gpu=d))
     for dev in out:
         if dev.budget <= dev.overhead:
-            raise BadInput(f"{dev.name} has a budget of {fmt_bytes(max(dev.budget, 0))} after the {fmt_bytes(margin)} margin, "
-                           f"not even its runtime's {fmt_bytes(dev.overhead)}",
+            runtime = f", not even its runtime's {fmt_bytes(dev.overhead)}" if dev.overhead else ""
+            raise BadInput(f"{dev.name} has {fmt_bytes(dev.free)} free and a budget of {fmt_bytes(max(dev.budget, 0))} "
+                           f"after the {fmt_bytes(margin)} margin{runtime}",
                            "give it more memory (--vram / --rpc-mem), a smaller --margin, or leave it out")
     return out
 
