@@ -349,11 +349,11 @@ def check_not_beaten(p: planner.Plan) -> None:
     (6, "10.0.0.2:50052", {"bandwidth": 51.2e9}),  # a worker on a LAN whose RAM bandwidth is known
 ])
 def test_a_card_and_an_rpc_worker_weigh_the_crossings_and_pick_the_fastest_by_the_estimate(card_gib, endpoint, worker):
-    """Each crossing to an RPC worker costs 0.7 ms on this machine (0.9 over a LAN): filling every
+    """Each crossing to an RPC worker costs 0.5 ms on loopback (0.7 over a LAN): filling every
     device's room with experts crosses at every expert layer away from its layer (37 times per token
-    for a 6 GiB card and an 8 GiB worker on 127.0.0.1: 25.6 tok/s by the estimate, where the layer
-    split crosses 3 times, 33.6). The plan now weighs the crossings: no listed alternative is faster
-    by its estimate, its printed flags place what it says, and a note says why, with the figures."""
+    for a 6 GiB card and an 8 GiB worker on 127.0.0.1: 28.6 tok/s by the estimate, where the plan
+    crosses 5 times: 34.3). The plan weighs the crossings: no listed alternative is faster by its
+    estimate, its printed flags place what it says, and a note says why, with the figures."""
     machine = card_and_worker(card_gib, endpoint, 8, **worker)
     p = plan(QWEN, machine)
     check_several(p, machine, ["RPC0", "CUDA0"])
@@ -366,7 +366,7 @@ def test_a_card_and_an_rpc_worker_weigh_the_crossings_and_pick_the_fastest_by_th
     assert text.startswith("experts kept with their layers") and f"{note.fill_crossings} times per token" in text
     assert f"{note.crossing_ms:.2f} ms a crossing to RPC0 over {endpoint}" in text and f"against {n} here" in text
     if (card_gib, endpoint) == (6, "127.0.0.1:50052"):  # the case found in issue 14's review
-        assert n <= 5 and p.decode.bound > 33.6 and note.fill_crossings == 37 and round(note.fill_bound, 1) == 25.6
+        assert n <= 5 and note.fill_crossings == 37 and p.decode.bound > 1.15 * note.fill_bound
     if endpoint.startswith("127."):
         naive = next(a for a in p.alternatives if a.label.startswith("naive layer split"))
         assert p.decode.bound >= naive.decode_bound
@@ -400,3 +400,18 @@ def test_the_plans_own_alternatives_never_beat_it():
         check_not_beaten(p)
         scanned += 1
     assert scanned == 10
+
+
+def test_the_links_latency_is_paid_whole_in_the_estimate_range():
+    """The 25-60 % band is of memory bandwidth; a crossing's latency is not made faster by it (the
+    demo over one loopback worker ran at 90 % of its bound)."""
+    from moecli.planner.speed import EFFICIENCY
+
+    p = plan(QWEN, card_and_worker(6, "127.0.0.1:50052", 8))
+    n, link_ms = crossings(p)
+    assert n > 0 and link_ms > 0
+    reading = 1 / p.decode.bound - link_ms / 1e3
+    assert reading > 0
+    for e, got in zip(EFFICIENCY, (p.decode.low, p.decode.high)):
+        assert got == pytest.approx(1 / (reading / e + link_ms / 1e3), rel=1e-2)
+    assert p.decode.high > EFFICIENCY[1] * p.decode.bound  # the latency part is not scaled down

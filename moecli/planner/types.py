@@ -143,7 +143,7 @@ class DecodeEstimate:
     device's bandwidth. An upper bound, with the range real systems reach."""
 
     bound: float | None  # tok/s if every byte moved at the device's peak bandwidth
-    low: float | None  # bound x EFFICIENCY[0]
+    low: float | None  # bound x EFFICIENCY[0] (over several devices: of the memory part, the links paid whole)
     high: float | None  # bound x EFFICIENCY[1]
     bytes_per_token: tuple[tuple[str, int], ...]  # per device
     bandwidths: tuple[tuple[str, float | None], ...]  # bytes/s per device
