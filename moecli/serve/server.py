@@ -507,6 +507,7 @@ def run(load: Callable[[], object], *, host: str, port: int, alias: str, api_key
         if state.scheduler is not None:
             state.scheduler.stop()
         thread.join(timeout=1)
+        faults.on_fault(None)
         if state.engine is not None:
             if state.lost is not None:  # the decoding thread is blocked inside llama.cpp for good:
                 state.engine.abandon()  # no cleanup under it (it could hang or crash the exit)
