@@ -415,3 +415,74 @@ def test_the_links_latency_is_paid_whole_in_the_estimate_range():
     for e, got in zip(EFFICIENCY, (p.decode.low, p.decode.high)):
         assert got == pytest.approx(1 / (reading / e + link_ms / 1e3), rel=1e-2)
     assert p.decode.high > EFFICIENCY[1] * p.decode.bound  # the latency part is not scaled down
+
+
+def two_gpu_machine(how: str) -> MachineFacts:
+    from dataclasses import replace
+
+    if how.startswith("--vram"):
+        machine = machine_mod.apply_overrides(HOST, vram=how.split()[1])
+        if how.endswith("bandwidth"):  # the same cards with a known bandwidth: the estimate decides
+            machine = replace(machine, gpus=tuple(replace(g, bandwidth=360e9) for g in machine.gpus))
+        return machine
+    return machine_mod.load_profile(how.split()[1], host=HOST)
+
+
+@pytest.mark.parametrize("how", ["--vram 6GiB,8GiB", "--vram 6GiB,8GiB bandwidth", "--vram 6GiB,10GiB bandwidth",
+                                 "profile 2x-rtx3060-12gb", "profile rtx3060-12gb+gtx1060-6gb"])
+@pytest.mark.parametrize("ctx", [4096, 65536])
+def test_each_card_takes_one_more_layers_experts_by_tensor_where_they_fit(how, ctx, monkeypatch):
+    """After the whole expert layers, each card takes some expert tensors of one more layer (the
+    single-GPU rule: the subset of kinds with the most bytes that fits), written as -ot per tensor
+    kind and card; kept when the estimate says it is faster (without one: when it crosses no more).
+    Against the same search without it ("before"): each card keeps less free or nothing left on the
+    CPU fits it (or, for another card's layer, the estimate says slower); the bound is no lower;
+    the printed flags place what the plan says (check_several)."""
+    from moecli.params import TensorOverride, layer_tensor_pattern
+    from moecli.planner import devices
+
+    machine = two_gpu_machine(how)
+    p = plan(QWEN, machine, Wishes(n_ctx=ctx))
+    check_several(p, machine, ["CUDA0", "CUDA1"])
+    check_not_beaten(p)
+    with monkeypatch.context() as patched:
+        patched.setattr(devices._DeviceSearch, "partial", lambda self, *a, **k: {})
+        before = plan(QWEN, machine, Wishes(n_ctx=ctx))
+    if p.decode.bound is not None:
+        assert p.decode.bound >= before.decode.bound
+    overrides = [str(o) for o in p.params.tensor_overrides]
+    split = [o for o in overrides if re.match(r"blk\\\.\d+\\\.ffn_\w+_\(ch\|\)exps=", o)]
+    layer_of = {t.name: t.layer for t in p.tensors}
+    on_cpu = [t for t in p.tensors if t.role == Role.EXPERT.value and t.device == "CPU"]
+    for now, was in zip(p.devices[:-1], before.devices[:-1]):
+        assert now.total <= now.budget and now.free <= was.free, now.device
+        if now.free < was.free:
+            assert any(o.endswith("=" + now.device) for o in split), now.device
+            continue
+        # nothing CPU-resident fits this card, or the estimate says it is slower there
+        for t in on_cpu:
+            kind = re.search(EXPS_REGEX, t.name).group(1)
+            extra = TensorOverride(layer_tensor_pattern(layer_of[t.name], kind), now.device)
+            tried = evaluate(QWEN, machine, p.params.with_(tensor_overrides=(extra, *p.params.tensor_overrides)))
+            assert not all(d.fits for d in tried.devices[:-1]) or (
+                tried.decode.bound <= p.decode.bound if p.decode.bound is not None
+                else crossings(tried)[0] > crossings(p)[0]), (now.device, t.name)
+    if how == "--vram 6GiB,8GiB" and ctx == 4096:  # issue 14: CUDA0 kept 205 MiB free
+        assert round(before.devices[0].free / 2**20) == 205 and round(p.devices[0].free / 2**20) == 61
+        assert "blk\\.7\\.ffn_gate_(ch|)exps=CUDA0" in overrides
+
+
+def test_a_layer_split_across_devices_crosses_there_and_back_for_each_device_holding_its_experts():
+    """Layer 0 sits on CUDA0 with its experts on the CPU (two crossings); one of its expert
+    tensors on CUDA0 adds none, on CUDA1 two more (CUDA0 -> CPU -> CUDA0 -> CUDA1 -> CUDA0)."""
+    from moecli.params import TensorOverride, layer_tensor_pattern
+
+    machine = two_gpu_machine("--vram 6GiB,8GiB bandwidth")
+    p = plan(QWEN, machine)
+    assert p.placement.by_device[0][0] == "CUDA0" and p.placement.by_device[0][1][0] == 0
+    assert 0 not in p.placement.by_device[0][2]
+    n, _ = crossings(p)
+    for device, more in (("CUDA0", 0), ("CUDA1", 2)):
+        extra = TensorOverride(layer_tensor_pattern(0, "down"), device)
+        tried = evaluate(QWEN, machine, p.params.with_(tensor_overrides=(extra, *p.params.tensor_overrides)))
+        assert crossings(tried)[0] == n + more, device

@@ -20,10 +20,12 @@ The search: every layer on the devices when the non-expert weights fit (KV preci
 micro-batch, then layers given up as in the single-GPU search), the layers split by `-ts` in
 proportion to each device's budget; then each device takes the experts of its own layers, from the
 back of its block, while everything fits; then what room is left takes the CPU's remaining expert
-layers (the budget fill). No layer is split by tensor across devices (the single-GPU search does
-that for one card). An expert layer away from its layer's device costs two crossings per token
-(there and back), 0.5 ms each to a worker on this machine, which the fill does not weigh; so the
-search also weighs candidates that cross less, each as explicit flags (-dev, -ts with the layers
+layers (the budget fill); then each device takes some expert tensors of one more CPU layer by
+tensor (the single-GPU rule, placement._expert_subsets; its own block's first), as -ot per tensor
+kind and device, kept where the estimate says it is faster (`partial`). An expert layer away from
+its layer's device costs two crossings per token (there and back; a layer split by tensor, two for
+each device holding some of its experts), 0.5 ms each to a worker on this machine, which the fill
+of whole layers does not weigh; so the search also weighs candidates that cross less, each as explicit flags (-dev, -ts with the layers
 each device holds, -ot): the budget split with each device holding only its own layers' experts;
 whole layers packed onto the devices from the back (a layer split: the CPU's layers first, then
 each device's block in llama.cpp's order, three crossings for a worker and a card), alone and with
@@ -63,7 +65,7 @@ from moecli.planner.memory import (
     _Setup,
 )
 from moecli.planner.model import _Model
-from moecli.planner.placement import _load_mode
+from moecli.planner.placement import _expert_subsets, _load_mode
 from moecli.planner.speed import EFFICIENCY, _tensor_bytes_per_token
 from moecli.planner.types import (
     DEFAULT_MARGIN,
@@ -182,9 +184,10 @@ def _layer_devices(n_layer_all: int, ngl: int, order: Sequence[str], weights: Se
 
 
 def _place(m: _Model, layers: tuple[str, ...], overrides: Sequence[tuple[re.Pattern[str], str]] = (),
-           experts: dict[int, str] | None = None, ngl: int = -1) -> _DWhere:
+           experts: dict[int, str] | None = None, ngl: int = -1, split: dict[str, str] | None = None) -> _DWhere:
     """Each loaded tensor's device: the first matching override; the input on the CPU; a routed
-    expert where `experts` says (its layer -> device; absent: the CPU) when given; else its layer's."""
+    expert where `split` says (its name -> device: layers split by tensor), else where `experts`
+    says (its layer -> device; absent: the CPU) when given; else its layer's."""
     out: list[str | None] = []
     for t in m.tensors:
         if not t.loaded:
@@ -196,7 +199,7 @@ def _place(m: _Model, layers: tuple[str, ...], overrides: Sequence[tuple[re.Patt
         elif t.is_input:
             out.append(CPU)
         elif t.kind and experts is not None:
-            out.append(experts.get(t.layer, CPU))
+            out.append((split or {}).get(t.info.name) or experts.get(t.layer, CPU))
         else:
             out.append(layers[m.n_layer_all if t.layer is None else t.layer])
     return _DWhere(tuple(out), layers, ngl)
@@ -363,8 +366,10 @@ class _DeviceSearch:
         layers = _layer_devices(self.m.n_layer_all, slots, [d.name for d in self.devs], counts)
         return layers, counts
 
-    def account(self, setup: _Setup, layers: tuple[str, ...], experts: dict[int, str], ngl: int) -> _DAccount:
-        return _account(self.m, setup, _place(self.m, layers, experts=experts, ngl=ngl), self.devs, self.ram)
+    def account(self, setup: _Setup, layers: tuple[str, ...], experts: dict[int, str], ngl: int,
+                split: dict[str, str] | None = None) -> _DAccount:
+        return _account(self.m, setup, _place(self.m, layers, experts=experts, ngl=ngl, split=split), self.devs,
+                        self.ram)
 
     def fits(self, setup: _Setup, ngl: int) -> bool:
         layers, _ = self.layout(ngl)
@@ -392,12 +397,14 @@ class _DeviceSearch:
         setup, ngl = chosen
         layers, counts = self.layout(ngl)
         experts: dict[int, str] = {}
+        split: dict[str, str] = {}
         if m.is_moe and ngl == self.top:
             experts = self.fill(setup, layers, ngl)
-        where = _place(m, layers, experts=experts if m.is_moe else None, ngl=ngl)
+            split = self.partial(setup, layers, ngl, experts, self.devs)
+        where = _place(m, layers, experts=experts if m.is_moe else None, ngl=ngl, split=split)
         acc = _account(m, setup, where, self.devs, self.ram)
         assert acc.fits_devices, "the search keeps to every device's budget"
-        params = self.params_for(setup, ngl, counts, experts, "auto", threads)
+        params = self.params_for(setup, ngl, counts, experts, "auto", threads, split=split)
         exact = where_from_params(m, params, self.devs)
         assert exact.devices == where.devices, "the flags express exactly the placement planned"
         if m.is_moe:
@@ -415,13 +422,16 @@ class _DeviceSearch:
         -ts with the layers each device holds, -ot): the split by budget with each device holding
         only its own layers' experts (the rest on the CPU); the whole layers packed onto the devices
         from the back (a layer split: three crossings for a worker and a card), alone and with the
-        room left taking CPU layers' experts (on every device, or on the local GPUs only); and what
+        room left taking CPU layers' experts (on every device, or on the local GPUs only); each with
+        one more layer by tensor per device where the estimate says it is faster (`partial`; own
+        layers only in the first); and what
         a llama.cpp user types (`typed`), with the split it gives written out as -ts."""
         m, out = self.m, []
         names = [d.name for d in self.devs]
         if ngl == self.top:
             own = self.own(setup, layers, ngl)
-            out.append(self.params_for(setup, ngl, self.layout(ngl)[1], own, "auto", threads))
+            own_split = self.partial(setup, layers, ngl, own, self.devs, own_only=True)
+            out.append(self.params_for(setup, ngl, self.layout(ngl)[1], own, "auto", threads, split=own_split))
         packed = self.packed(setup)
         if packed:
             n_packed = int(sum(packed))
@@ -432,9 +442,10 @@ class _DeviceSearch:
             for targets in dict.fromkeys((tuple(self.devs), tuple(local))):
                 if targets:
                     spilled = self.spill(setup, p_layers, n_packed, with_layers, targets)
-                    if spilled != with_layers:
+                    split = self.partial(setup, p_layers, n_packed, spilled, targets)
+                    if spilled != with_layers or split:
                         out.append(self.params_for(setup, n_packed, packed, spilled, "auto", threads,
-                                                   follow=p_layers))
+                                                   follow=p_layers, split=split))
         typed = out[0].with_(devices=(), tensor_split=(), tensor_overrides=(), cpu_moe=False, n_cpu_moe=0) if out else None
         if typed is None:
             typed = self.params_for(setup, ngl, self.layout(ngl)[1], {}, "auto", threads).with_(
@@ -525,15 +536,58 @@ class _DeviceSearch:
                     break
         return experts
 
+    def partial(self, setup: _Setup, layers: tuple[str, ...], ngl: int, experts: dict[int, str],
+                targets: Sequence[_Dev], own_only: bool = False) -> dict[str, str]:
+        """Each of `targets` takes some expert tensors of one more layer whose experts are on the
+        CPU, by tensor as for one GPU (placement._expert_subsets: the subset with the most bytes
+        that fits its room): the last such layer of its own block, else (unless `own_only`) the last
+        one left. A layer away from its own device costs two more crossings, so a split is kept only
+        when the estimate's bound is higher with it; without a bound (a bandwidth unknown), when it
+        crosses no more. Returns tensor name -> device."""
+        m = self.m
+        split: dict[str, str] = {}
+
+        def judge(trial: dict[str, str]) -> tuple[float | None, int] | None:
+            where = _place(m, layers, experts=experts, ngl=ngl, split=trial)
+            acc = _account(m, setup, where, self.devs, self.ram)
+            if not acc.fits_devices:
+                return None
+            return decode(m, where, self.machine, self.devs, acc.copied).bound, _crossings(m, where, self.devs)[0]
+
+        best = judge(split)
+        if best is None:
+            return split
+        for d in targets:
+            taken = {t.layer for t in m.tensors if t.info.name in split}
+            left = [layer for layer in reversed(m.expert_layers) if layer not in experts and layer not in taken]
+            mine = [layer for layer in left if layers[layer] == d.name]
+            order = mine if own_only else mine + [layer for layer in left if layers[layer] != d.name]
+            if not order:
+                continue
+            for names in _expert_subsets(m, order[0]):
+                trial = {**split, **dict.fromkeys(names, d.name)}
+                got = judge(trial)
+                if got is None:
+                    continue
+                (bound, n), (best_bound, best_n) = got, best
+                if bound > best_bound if bound is not None and best_bound is not None else n <= best_n:
+                    split, best = trial, got
+                break
+        return split
+
     def load_mode(self, where: _DWhere, acc: _DAccount) -> tuple[str, list[Finding]]:
         return _load_mode(self.m, where.devices, acc.cpu, self.wishes.load_mode)
 
     def params_for(self, setup: _Setup, ngl: int, counts: Sequence[float], experts: dict[int, str], load_mode: str,
-                   threads: int, follow: tuple[str, ...] | None = None) -> LlamaParams:
+                   threads: int, follow: tuple[str, ...] | None = None, split: dict[str, str] | None = None
+                   ) -> LlamaParams:
         """The flags; with `follow` (the layers' devices), -ot only for the experts away from their
-        layer, and --cpu-moe only when some expert of a layer on a device stays on the CPU."""
-        from moecli.params import TensorOverride
+        layer, and --cpu-moe only when some expert of a layer on a device stays on the CPU. `split`
+        (tensor name -> device, layers split by tensor): one -ot per kind and device
+        (blk\\.N\\.ffn_down_(ch|)exps=CUDA0); the rest of such a layer's experts on the CPU."""
+        from moecli.params import TensorOverride, layer_tensor_pattern
 
+        split = split or {}
         on_cpu = self.m.is_moe and any(layer not in experts and (follow is None or follow[layer] != CPU)
                                        for layer in self.m.expert_layers)
         if on_cpu:
@@ -543,6 +597,8 @@ class _DeviceSearch:
             mine = [layer for layer, name in experts.items() if name == d.name and (follow is None or follow[layer] != name)]
             if mine:
                 overrides.append(TensorOverride(expert_pattern(mine), d.buffer_type))
+            kinds = dict.fromkeys((t.layer, t.kind) for t in self.m.tensors if split.get(t.info.name) == d.name)
+            overrides += [TensorOverride(layer_tensor_pattern(layer, kind), d.buffer_type) for layer, kind in kinds]
         rpc = tuple(dict.fromkeys(d.endpoint for d in self.devs if d.endpoint))
         return LlamaParams(
             n_gpu_layers=ALL_LAYERS if ngl >= self.top else ngl, cpu_moe=on_cpu, tensor_overrides=tuple(overrides),
@@ -688,6 +744,15 @@ def _expert_devices(m: _Model, where: _DWhere) -> dict[int, str]:
     return out
 
 
+def _expert_holders(m: _Model, where: _DWhere) -> dict[int, tuple[str, ...]]:
+    """Each expert layer's devices: every device holding some of its routed experts, in tensor order."""
+    out: dict[int, dict[str, None]] = {}
+    for t, device in zip(m.tensors, where.devices):
+        if t.kind and t.layer is not None and device is not None:
+            out.setdefault(t.layer, {})[device] = None
+    return {layer: tuple(ds) for layer, ds in out.items()}
+
+
 def _blocks(where: _DWhere, devs: Sequence[_Dev]) -> str:
     """Which layers each device holds: "CUDA0 layers 0-16, CUDA1 layers 17-39"."""
     parts = []
@@ -763,16 +828,19 @@ def describe(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[Placement
 def _crossings(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[int, float]:
     """How often one token's activations cross between devices, and the seconds that takes. The
     path of a token: the embedding on the CPU, each layer's own device, its experts' device when
-    elsewhere (and back), the output's device, the logits back to the host; each crossing moves one
+    elsewhere (and back; a layer split by tensor goes there and back for each device holding some
+    of its experts), the output's device, the logits back to the host; each crossing moves one
     row of n_embd f32 (and the router's choice) at the latency of the slower of the two devices'
     links (measured: worker to worker costs what host to worker does, see LOOPBACK_LATENCY)."""
     by = {d.name: d for d in devs}
-    expert_dev = _expert_devices(m, where)
+    holders = _expert_holders(m, where)
     path = [CPU]
     for layer in range(m.n_layer_all):
-        path.append(where.layers[layer])
-        if layer in expert_dev and expert_dev[layer] != where.layers[layer]:
-            path += [expert_dev[layer], where.layers[layer]]
+        here = where.layers[layer]
+        path.append(here)
+        for device in holders.get(layer, ()):  # a layer split by tensor: there and back for each device
+            if device != here:
+                path += [device, here]
     path += [where.output(), CPU]
     row = (m.facts.n_embd + m.facts.n_expert) * 4
 

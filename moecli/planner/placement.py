@@ -32,6 +32,24 @@ class _Where:
 _Partial = tuple[int, tuple[str, ...]]  # one layer split by tensor: (layer, its expert tensors on the GPU)
 
 
+def _expert_subsets(m: _Model, layer: int) -> list[tuple[str, ...]]:
+    """The ways to split one layer's expert tensors, the most bytes first (then the fewest kinds):
+    each proper, non-empty subset of its pattern kinds (up / gate / down / gate_up; one -ot pattern
+    catches a kind's weight and its bias, gpt-oss, alike), as the names of its tensors. The rule of
+    the layer split by tensor, for one GPU (search.fill_experts) and several (devices.partial)."""
+    by_kind: dict[str, list] = {}
+    for t in m.tensors:
+        if t.kind and t.layer == layer and t.loaded:
+            by_kind.setdefault(t.kind, []).append(t)
+    kinds = sorted(by_kind)
+    subsets = []
+    for mask in range(1, 2 ** len(kinds) - 1):  # proper, non-empty subsets: the whole layer did not fit
+        chosen = [k for i, k in enumerate(kinds) if mask >> i & 1]
+        names = tuple(t.info.name for k in chosen for t in by_kind[k])
+        subsets.append((-sum(t.info.n_bytes for k in chosen for t in by_kind[k]), len(chosen), names))
+    return [names for _, _, names in sorted(subsets)]
+
+
 def _where(m: _Model, n_gpu_layers: int, *, gpu_experts: Iterable[int] | None = None, partial: _Partial | None = None,
            overrides: Sequence[tuple[re.Pattern[str], str]] = (), has_gpu: bool = True) -> _Where:
     """The one way to build a `_Where`: the device llama.cpp gives each loaded tensor, by the first

@@ -11,8 +11,8 @@ from moecli.errors import BadInput, DoesNotFit
 from moecli.facts import KV_CELL_PAD, GpuFacts, MachineFacts, ModelFacts
 from moecli.params import ALL_LAYERS, CPU, LlamaParams
 from moecli.planner.memory import OP_OFFLOAD_MIN_BATCH, _Account, _account, _kv_bytes, _runtime_overhead, _Setup
-from moecli.planner.model import _Model, _prepare, _Tensor
-from moecli.planner.placement import _describe, _load_mode, _params_for, _Where, _where, _where_from_params
+from moecli.planner.model import _Model, _prepare
+from moecli.planner.placement import _describe, _expert_subsets, _load_mode, _params_for, _Where, _where, _where_from_params
 from moecli.planner.speed import _decode, _speed_inputs, predict
 from moecli.planner.types import (
     DEFAULT_BATCH,
@@ -463,19 +463,7 @@ class _Search:
         if not remaining:
             return gpu_layers, None
         boundary = remaining[-1]
-        # split by pattern kind (up / gate / down / gate_up): one -ot pattern catches a kind's
-        # weight and its bias (gpt-oss) alike
-        by_kind: dict[str, list[_Tensor]] = {}
-        for t in m.tensors:
-            if t.kind and t.layer == boundary and t.loaded:
-                by_kind.setdefault(t.kind, []).append(t)
-        kinds = sorted(by_kind)
-        subsets = []
-        for mask in range(1, 2 ** len(kinds) - 1):  # proper, non-empty subsets: the whole layer did not fit
-            chosen = [k for i, k in enumerate(kinds) if mask >> i & 1]
-            names = tuple(t.info.name for k in chosen for t in by_kind[k])
-            subsets.append((-sum(t.info.n_bytes for k in chosen for t in by_kind[k]), len(chosen), names))
-        for _, _, names in sorted(subsets):
+        for names in _expert_subsets(m, boundary):
             partial = (boundary, names)
             if self.gpu_account(setup, _where(m, self.all_layers, gpu_experts=gpu_layers, partial=partial)).fits_gpu:
                 return gpu_layers, partial
