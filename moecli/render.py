@@ -177,6 +177,9 @@ def placement_lines(placement: Placement) -> list[str]:
         last = next((d for d, layers, _ in p.by_device if p.n_layer - 1 in layers), "CPU")
         out.append(f"output head on {last if p.output_on_gpu else 'CPU'}; "
                    f"experts on CPU: layers {_ranges(p.expert_layers_cpu) or 'none'}")
+        for layer, parts in p.split_layers:
+            out.append(f"layer {layer} split: " + "; ".join(f"{', '.join(_kind(n) for n in names)} on {device}"
+                                                             for device, names in parts))
         return out
     out.append(f"layers on GPU: {_ranges(p.gpu_layers) or 'none'} of 0-{p.n_layer - 1}; "
                f"output head on {'GPU' if p.output_on_gpu else 'CPU'}")

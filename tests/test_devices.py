@@ -470,6 +470,8 @@ def test_each_card_takes_one_more_layers_experts_by_tensor_where_they_fit(how, c
     if how == "--vram 6GiB,8GiB" and ctx == 4096:  # issue 14: CUDA0 kept 205 MiB free
         assert round(before.devices[0].free / 2**20) == 205 and round(p.devices[0].free / 2**20) == 61
         assert "blk\\.7\\.ffn_gate_(ch|)exps=CUDA0" in overrides
+        assert "layer 7 split: gate_exps on CUDA0; down_exps, up_exps on CPU" in placement_lines(p.placement)
+        assert [layer for layer, _ in p.placement.split_layers] == [7]
 
 
 def test_a_layer_split_across_devices_crosses_there_and_back_for_each_device_holding_its_experts():

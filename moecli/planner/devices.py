@@ -796,11 +796,13 @@ def describe(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[Placement
     rows = []
     by_device: dict[str, tuple[list[int], list[int]]] = {d.name: ([], []) for d in devs}
     expert_dev: dict[int, set[str]] = {}
+    expert_tensors: dict[int, dict[str, list[str]]] = {}  # layer -> device -> its expert tensors there
     other_cpu = []
     for t, device in zip(m.tensors, where.devices):
         rows.append(TensorPlacement(t.info.name, t.info.layer, t.info.role.value, t.info.ggml_type, t.info.n_bytes, device))
         if t.kind and t.layer is not None and device is not None:
             expert_dev.setdefault(t.layer, set()).add(device)
+            expert_tensors.setdefault(t.layer, {}).setdefault(device, []).append(t.info.name)
         elif device == CPU and not t.is_input:
             other_cpu.append(t.info.name)
     if m.tied_output is not None and where.output() != CPU:
@@ -814,6 +816,7 @@ def describe(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[Placement
             if d in by_device:
                 by_device[d][1].append(layer)
     on_gpu = tuple(layer for layer in range(m.n_layer_all) if where.layers[layer] != CPU)
+    order = [d.name for d in devs] + [CPU]  # llama.cpp's, the CPU last
     gpu_exp = tuple(sorted(layer for layer, ds in expert_dev.items() if CPU not in ds))
     cpu_exp = tuple(sorted(layer for layer, ds in expert_dev.items() if ds == {CPU}))
     placement = Placement(
@@ -821,6 +824,8 @@ def describe(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[Placement
         expert_layers_gpu=gpu_exp, expert_layers_cpu=cpu_exp, partial_layer=None, partial_gpu=(), partial_cpu=(),
         other_cpu=tuple(other_cpu),
         by_device=tuple((name, tuple(ls), tuple(sorted(es))) for name, (ls, es) in by_device.items()),
+        split_layers=tuple((layer, tuple((d, tuple(expert_tensors[layer][d])) for d in order if d in expert_tensors[layer]))
+                           for layer in sorted(expert_tensors) if len(expert_tensors[layer]) > 1),
     )
     return placement, tuple(rows)
 

@@ -135,6 +135,8 @@ class Placement:
     other_cpu: tuple[str, ...]  # non-expert tensors on the CPU besides the inputs (when layers are given up)
     # several devices: (device, its layers, the layers whose experts it holds), in llama.cpp's order
     by_device: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
+    # several devices: the layers whose expert tensors are split, each with (device, its tensors)
+    split_layers: tuple[tuple[int, tuple[tuple[str, tuple[str, ...]], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -552,7 +554,7 @@ class Plan:
                        "tensor_overrides": [str(o) for o in self.params.tensor_overrides],
                        "llama_args": self.params.to_llama_args()},
             "devices": [d.to_dict() for d in self.devices],
-            "placement": _without_empty(asdict(self.placement), ("by_device",)),
+            "placement": _without_empty(asdict(self.placement), ("by_device", "split_layers")),
             "decode": asdict(self.decode),
             "speed": asdict(self.speed) if self.speed is not None else None,
             "findings": [f.to_dict() for f in self.findings],
