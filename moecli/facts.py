@@ -181,7 +181,8 @@ class RpcFacts:
     free_bytes: int
     bandwidth: float | None = None  # bytes/s of its memory, when known
     link_bandwidth: float | None = None  # bytes/s of the network; None: gigabit Ethernet
-    link_latency: float | None = None  # seconds per round trip; None: a LAN's
+    link_latency: float | None = None  # seconds per crossing of a token's activations; None: from round_trip
+    round_trip: float | None = None  # seconds of one RPC round trip to the worker, measured (None: not asked)
     runtime_overhead: int = 0  # what its backend keeps for itself beyond the reported free memory
     reported: bool = False  # True: read from the running server; False: from --rpc-mem
 

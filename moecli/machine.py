@@ -384,10 +384,12 @@ def parse_endpoints(text: str | None) -> tuple[str, ...]:
 
 
 def rpc_devices(endpoints: tuple[str, ...], mem: str | None = None,
-                reported: dict[str, tuple[int, int]] | None = None) -> tuple[RpcFacts, ...]:
+                reported: dict[str, tuple[int, int]] | None = None,
+                round_trips: dict[str, float] | None = None) -> tuple[RpcFacts, ...]:
     """The RPC workers' devices (one per worker; llama.cpp numbers them RPC0, RPC1, ... in --rpc
     order): their memory from `--rpc-mem` (one size, or one per worker: a worker not started yet),
-    else as each running server reported it (`reported`: endpoint -> (free, total))."""
+    else as each running server reported it (`reported`: endpoint -> (free, total)); with the round
+    trip measured to each running one (`round_trips`: endpoint -> seconds)."""
     sizes: list[int] = []
     if mem:
         sizes = [parse_size(v.strip(), "--rpc-mem") for v in mem.split(",")]
@@ -398,11 +400,12 @@ def rpc_devices(endpoints: tuple[str, ...], mem: str | None = None,
                            "e.g. --rpc-mem 32GiB or --rpc-mem 32GiB,16GiB")
     out = []
     for i, endpoint in enumerate(endpoints):
+        trip = (round_trips or {}).get(endpoint)
         if sizes:
-            out.append(RpcFacts(endpoint, i, 0, sizes[i], sizes[i]))
+            out.append(RpcFacts(endpoint, i, 0, sizes[i], sizes[i], round_trip=trip))
         elif reported and endpoint in reported:
             free, total = reported[endpoint]
-            out.append(RpcFacts(endpoint, i, 0, total, free, reported=True))
+            out.append(RpcFacts(endpoint, i, 0, total, free, reported=True, round_trip=trip))
         else:
             raise BadInput(f"how much memory does RPC worker {endpoint} have?",
                            "start it (moecli rpc-server) so moecli can ask it, or say it: --rpc-mem 32GiB")

@@ -349,7 +349,7 @@ def check_not_beaten(p: planner.Plan) -> None:
     (6, "10.0.0.2:50052", {"bandwidth": 51.2e9}),  # a worker on a LAN whose RAM bandwidth is known
 ])
 def test_a_card_and_an_rpc_worker_weigh_the_crossings_and_pick_the_fastest_by_the_estimate(card_gib, endpoint, worker):
-    """Each crossing to an RPC worker costs 0.5 ms on loopback (0.7 over a LAN): filling every
+    """Each crossing to an RPC worker costs 0.5 ms on loopback (1.1 over a LAN): filling every
     device's room with experts crosses at every expert layer away from its layer (37 times per token
     for a 6 GiB card and an 8 GiB worker on 127.0.0.1: 28.6 tok/s by the estimate, where the plan
     crosses 5 times: 34.3). The plan weighs the crossings: no listed alternative is faster by its
@@ -488,3 +488,21 @@ def test_a_layer_split_across_devices_crosses_there_and_back_for_each_device_hol
         extra = TensorOverride(layer_tensor_pattern(0, "down"), device)
         tried = evaluate(QWEN, machine, p.params.with_(tensor_overrides=(extra, *p.params.tensor_overrides)))
         assert crossings(tried)[0] == n + more, device
+
+
+def test_a_running_workers_round_trip_sets_its_crossing_latency():
+    """A worker moecli asked is timed (engine.rpc.round_trip): a crossing is three round trips; a
+    worker planned with --rpc-mem gets the assumed figure, and the basis says which."""
+    from dataclasses import replace
+
+    from moecli.planner.devices import CROSSING_ROUND_TRIPS, LAN_LATENCY
+
+    machine = card_and_worker(6, "10.0.0.2:50052", 8, bandwidth=51.2e9)
+    assumed = plan(QWEN, machine)
+    assert f"{LAN_LATENCY * 1e6:.0f} us (assumed: the worker was not asked)" in assumed.decode.basis
+    timed = replace(machine, rpc=tuple(replace(d, round_trip=0.4e-3) for d in machine.rpc))
+    measured = plan(QWEN, timed)
+    assert f"{CROSSING_ROUND_TRIPS * 400:.0f} us ({CROSSING_ROUND_TRIPS} round trips of 400 us, measured)" \
+        in measured.decode.basis
+    n, ms = crossings(measured)
+    assert n > 0 and measured.decode.bound < assumed.decode.bound  # 1.2 ms a crossing, not 1.1

@@ -99,6 +99,8 @@ def test_run_split_over_cpu_and_two_workers_matches_local(workers):
     devices = {t["device"] for t in plan["tensors"]}
     assert {"RPC0", "RPC1", "CPU"} <= devices
     assert plan["params"]["rpc_servers"] == endpoints
+    basis = plan["decode"]["basis"]  # the running workers' round trips were timed
+    assert basis.count("round trips of") == 2 and "measured" in basis and "assumed" not in basis, basis
 
 
 def test_bench_over_rpc_reports_figures(workers):

@@ -69,7 +69,8 @@ def rpc_for(options: MachineOptions) -> tuple:
         return machine.rpc_devices(endpoints, options.rpc_mem)
     from moecli.engine import rpc  # loads libllama: only when a worker must be asked
 
-    return machine.rpc_devices(endpoints, reported={e: rpc.device_memory(e) for e in endpoints})
+    return machine.rpc_devices(endpoints, reported={e: rpc.device_memory(e) for e in endpoints},
+                               round_trips={e: rpc.round_trip(e) for e in endpoints})
 
 
 def machine_for(options: MachineOptions) -> MachineFacts:
@@ -88,9 +89,10 @@ def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | No
     if options.rpc:  # running: the workers must be there, and report their own memory
         from moecli.engine import rpc
 
-        facts = machine.with_rpc(facts, machine.rpc_devices(machine.parse_endpoints(options.rpc), options.rpc_mem,
-                                                            {e: rpc.device_memory(e) for e in
-                                                             machine.parse_endpoints(options.rpc)}))
+        endpoints = machine.parse_endpoints(options.rpc)
+        facts = machine.with_rpc(facts, machine.rpc_devices(endpoints, options.rpc_mem,
+                                                            {e: rpc.device_memory(e) for e in endpoints},
+                                                            {e: rpc.round_trip(e) for e in endpoints}))
     if facts.gpus:
         from moecli import engine  # loads libllama: only when a model will be loaded
 

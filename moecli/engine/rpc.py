@@ -153,6 +153,18 @@ def device_memory(endpoint: str) -> tuple[int, int]:
     return int(free.value), int(total.value)
 
 
+def round_trip(endpoint: str, n: int = 16) -> float:
+    """Seconds of one RPC round trip to the worker: the median of n GET_DEVICE_MEMORY calls
+    (ggml_backend_rpc_get_device_memory asks the server each time)."""
+    connect([endpoint])
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        device_memory(endpoint)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def connected() -> tuple[str, ...]:
     return tuple(_servers)
 

@@ -91,10 +91,14 @@ PCIE_LATENCY = 10e-6  # s per transfer between the host and a GPU (a launch and 
 # layer 1's experts on the other one 325 t/s (4 crossings, two of them worker to worker: +1.99
 # ms/token). So about 0.5-0.57 ms a crossing, worker to worker no dearer than host to worker; on
 # the same box loaded by other work, 0.7-1.1 ms. The lowest figure keeps the bound a bound.
+# The same runs timed one RPC round trip (GET_DEVICE_MEMORY, engine.rpc.round_trip) at 137-208 us,
+# median 170: a crossing is about three round trips (set the input, compute, read the output).
+# A worker that is running gets its round trip measured; one planned with --rpc-mem, the figures below.
+CROSSING_ROUND_TRIPS = 3
 LOOPBACK_BANDWIDTH = 4e9  # bytes/s over 127.0.0.1
 LOOPBACK_LATENCY = 0.5e-3  # s per crossing over 127.0.0.1 (measured, above)
 LAN_BANDWIDTH = 125e6  # bytes/s: gigabit Ethernet, for an RPC worker without a known link
-LAN_LATENCY = LOOPBACK_LATENCY + 0.2e-3  # the same protocol, plus a LAN's round trip
+LAN_LATENCY = LOOPBACK_LATENCY + CROSSING_ROUND_TRIPS * 0.2e-3  # the same, plus a LAN's 0.2 ms a round trip
 
 
 def _f32(x: float) -> float:
@@ -121,6 +125,7 @@ class _Dev:
     link_latency: float  # s per crossing to the host
     gpu: GpuFacts | None = None
     endpoint: str | None = None
+    round_trip: float | None = None  # an RPC worker's, measured (link_latency is then made of it)
 
 
 def machine_devices(machine: MachineFacts, wishes: Wishes) -> list[_Dev]:
@@ -131,9 +136,11 @@ def machine_devices(machine: MachineFacts, wishes: Wishes) -> list[_Dev]:
         if isinstance(d, RpcFacts):
             loop = is_loopback(d.endpoint)
             bandwidth = d.bandwidth or (machine.ram_bandwidth if loop else None)  # a worker on this machine uses its RAM
+            latency = d.link_latency or (CROSSING_ROUND_TRIPS * d.round_trip if d.round_trip else None)
             out.append(_Dev(d.name_llama, d.buffer_type, False, d.free_bytes - margin, d.runtime_overhead, d.free_bytes,
                             bandwidth, d.link_bandwidth or (LOOPBACK_BANDWIDTH if loop else LAN_BANDWIDTH),
-                            d.link_latency or (LOOPBACK_LATENCY if loop else LAN_LATENCY), endpoint=d.endpoint))
+                            latency or (LOOPBACK_LATENCY if loop else LAN_LATENCY), endpoint=d.endpoint,
+                            round_trip=None if d.link_latency else d.round_trip))
         else:
             available = d.free_bytes if wishes.vram_budget is None else min(d.free_bytes, wishes.vram_budget)
             out.append(_Dev(d.name_llama, d.name_llama, True, available - margin, _runtime_overhead(d), d.free_bytes,
@@ -857,6 +864,15 @@ def _crossings(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[int, fl
     return len(crossings), sum(max(hop(a), hop(b)) for a, b in crossings)
 
 
+def _latency_source(d: _Dev) -> str:
+    """Where an RPC worker's crossing latency comes from, for the estimate's basis."""
+    if d.endpoint is None:
+        return ""
+    if d.round_trip:
+        return f" ({CROSSING_ROUND_TRIPS} round trips of {d.round_trip * 1e6:.0f} us, measured)"
+    return " (assumed: the worker was not asked)"
+
+
 def decode(m: _Model, where: _DWhere, machine: MachineFacts, devs: Sequence[_Dev], copied: int) -> DecodeEstimate:
     """The bytes each token reads on each device over its bandwidth, plus the activations that
     cross from device to device: each crossing moves one row of n_embd f32 (and the router's
@@ -889,7 +905,8 @@ def decode(m: _Model, where: _DWhere, machine: MachineFacts, devs: Sequence[_Dev
     basis = (f"estimate: each token reads {parts} (routed experts: {f.n_expert_used} of {f.n_expert}; recurrent "
              f"state read and written), and crosses between devices {n_crossings} times "
              f"({link_seconds * 1e3:.2f} ms per token over the links: "
-             + ", ".join(f"{d.name} {d.link_bandwidth / 1e9:g} GB/s, {d.link_latency * 1e6:.0f} us" for d in devs)
+             + ", ".join(f"{d.name} {d.link_bandwidth / 1e9:g} GB/s, {d.link_latency * 1e6:.0f} us{_latency_source(d)}"
+                         for d in devs)
              + f"); bound {bound:.0f} tok/s; real systems reach {EFFICIENCY[0]:.0%}-{EFFICIENCY[1]:.0%} of the memory "
              "bandwidth, and pay the links' latency whole"
              if bound else "estimate: nothing to read")
