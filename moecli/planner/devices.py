@@ -43,6 +43,7 @@ candidates, none that fits is faster by the plan's estimate.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections.abc import Sequence
@@ -190,17 +191,26 @@ def _layer_devices(n_layer_all: int, ngl: int, order: Sequence[str], weights: Se
     return tuple(out)
 
 
-def _place(m: _Model, layers: tuple[str, ...], overrides: Sequence[tuple[re.Pattern[str], str]] = (),
+@functools.lru_cache(maxsize=1024)
+def _matches(pattern: str, names: tuple[str, ...]) -> tuple[bool, ...]:
+    """Which tensor names an -ot pattern matches (re.search, as llama.cpp's std::regex_search):
+    the search tries the same few patterns on the same tensors many times."""
+    compiled = re.compile(pattern)
+    return tuple(bool(compiled.search(name)) for name in names)
+
+
+def _place(m: _Model, layers: tuple[str, ...], overrides: Sequence[tuple[str, str]] = (),
            experts: dict[int, str] | None = None, ngl: int = -1, split: dict[str, str] | None = None) -> _DWhere:
-    """Each loaded tensor's device: the first matching override; the input on the CPU; a routed
-    expert where `split` says (its name -> device: layers split by tensor), else where `experts`
-    says (its layer -> device; absent: the CPU) when given; else its layer's."""
+    """Each loaded tensor's device: the first matching override (pattern, device); the input on
+    the CPU; a routed expert where `split` says (its name -> device: layers split by tensor), else
+    where `experts` says (its layer -> device; absent: the CPU) when given; else its layer's."""
+    matched = [(_matches(pattern, m.tensor_names), device) for pattern, device in overrides]
     out: list[str | None] = []
-    for t in m.tensors:
+    for i, t in enumerate(m.tensors):
         if not t.loaded:
             out.append(None)
             continue
-        device = next((d for pattern, d in overrides if pattern.search(t.info.name)), None)
+        device = next((d for hits, d in matched if hits[i]), None) if matched else None
         if device is not None:
             out.append(device)
         elif t.is_input:
@@ -231,7 +241,7 @@ def where_from_params(m: _Model, params: LlamaParams, devs: Sequence[_Dev]) -> _
     if len(weights) < len(order):
         weights = (*weights, *([0.0] * (len(order) - len(weights))))
     layers = _layer_devices(m.n_layer_all, params.n_gpu_layers, [d.name for d in order], weights[:len(order)])
-    overrides = tuple((re.compile(o.pattern), _buffer_device(o.buffer_type, devs)) for o in params.overrides())
+    overrides = tuple((o.pattern, _buffer_device(o.buffer_type, devs)) for o in params.overrides())
     return _place(m, layers, overrides, ngl=params.n_gpu_layers)
 
 

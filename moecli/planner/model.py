@@ -3,6 +3,7 @@ is an input or a routed expert, whether llama.cpp loads it, and the shapes the m
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -40,6 +41,10 @@ class _Model:
     @property
     def is_moe(self) -> bool:
         return self.facts.is_moe and bool(self.expert_layers)
+
+    @functools.cached_property
+    def tensor_names(self) -> tuple[str, ...]:
+        return tuple(t.info.name for t in self.tensors)
 
 
 def _prepare(model: ModelFacts) -> _Model:
