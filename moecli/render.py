@@ -135,6 +135,9 @@ _TEXT: dict[str, Callable] = {
                                     f"links, {x.crossing_ms:.2f} ms a crossing to {x.device} over {x.via}) against "
                                     f"{x.crossings} here ({x.link_ms:.2f} ms): {x.fill_bound:.1f} against {x.bound:.1f} "
                                     "tok/s by the estimate"),
+    "device_unused": lambda x: (f"{x.device} ({x.via}) holds nothing: the rest fits the other devices, and a token "
+                                f"passing through {x.device} would cross between devices twice more, {x.crossing_ms:.2f} ms "
+                                "each, slower by the estimate"),
     "load_into_ram": lambda x: ("load into RAM (-lm none): the GPU copies CPU-resident weights for prompts from pinned "
                                 "memory, ~5x faster prompt processing than with mmap"),
     "mmap_ram_short": lambda x: (f"mmap: loading into RAM needs {fmt_bytes(x.needed)} but about {fmt_bytes(x.budget)} "

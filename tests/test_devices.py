@@ -506,3 +506,18 @@ def test_a_running_workers_round_trip_sets_its_crossing_latency():
         in measured.decode.basis
     n, ms = crossings(measured)
     assert n > 0 and measured.decode.bound < assumed.decode.bound  # 1.2 ms a crossing, not 1.1
+
+
+def test_a_worker_the_plan_leaves_empty_is_named_with_why():
+    """Two workers that could each hold the whole model: the plan keeps it on one (every device a
+    token passes through costs two crossings) and says so of the other; a plan that uses every
+    device says nothing of the kind."""
+    endpoints = machine_mod.parse_endpoints("127.0.0.1:50052,127.0.0.1:50053")
+    machine = machine_mod.with_rpc(HOST, machine_mod.rpc_devices(endpoints, "32GiB"))
+    p = plan(QWEN, machine)
+    used = {t.device for t in p.tensors}
+    empty = [f for f in p.findings if f.code == "device_unused"]
+    assert len(empty) == 1 and empty[0].device not in used and {"RPC0", "RPC1"} - used == {empty[0].device}
+    assert finding_text(empty[0]).startswith(f"{empty[0].device} (127.0.0.1:5005")
+    two_cards = plan(QWEN, machine_mod.load_profile("2x-rtx3060-12gb", host=HOST))
+    assert not [f for f in two_cards.findings if f.code == "device_unused"]

@@ -547,7 +547,8 @@ def test_findings_are_data_and_render_words_every_code():
         "gpu_over_budget", "ram_load_fails", "ram_pages", "ram_would_fit", "mmap_experts_slow_prompt",
         "ubatch_below_offload", "non_experts_on_cpu", "gave_up_kv_quant", "gave_up_ubatch", "gave_up_ctx",
         "gave_up_layers", "ctx_max_falls_back", "no_experts_on_gpu", "load_into_ram", "mmap_ram_short", "cpu_only",
-        "dense_model", "one_gpu", "mtp_not_loaded", "threads_over_cores", "rpc_would_fit", "crossings_weighed"}
+        "dense_model", "one_gpu", "mtp_not_loaded", "threads_over_cores", "rpc_would_fit", "crossings_weighed",
+        "device_unused"}
     p = plan(QWEN, machine_mod.apply_overrides(HOST, vram="2.5GiB"))
     layers = next(f for f in p.gave_up if f.code == "gave_up_layers")
     assert (layers.n_gpu_layers, layers.n_layer) == (p.params.n_gpu_layers, 40)

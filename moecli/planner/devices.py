@@ -73,6 +73,7 @@ from moecli.planner.types import (
     Alternative,
     CrossingsWeighed,
     DecodeEstimate,
+    DeviceUnused,
     Finding,
     GaveUpLayers,
     GpuOverBudget,
@@ -429,6 +430,9 @@ class _DeviceSearch:
             found += weighed
         load_mode, why = self.load_mode(exact, acc)
         found += why
+        row = (m.facts.n_embd + m.facts.n_expert) * 4
+        found += [DeviceUnused(d.name, d.endpoint or "PCIe", (d.link_latency + row / d.link_bandwidth) * 1e3)
+                  for d in self.devs if d.name not in exact.devices]
         params = params.with_(load_mode=load_mode)
         experts = {layer: d for layer, d in _expert_devices(m, exact).items() if d != CPU}
         alternatives = self.alternatives(setup, params, exact, acc)

@@ -444,6 +444,19 @@ class CrossingsWeighed(Finding):
 
 
 @dataclass(frozen=True)
+class DeviceUnused(Finding):
+    """Several devices: the plan puts nothing on this one (it stays in -dev, with -ts 0): what it
+    could hold fits the others, and a token passing through it would cross between devices twice
+    more, at `crossing_ms` each (over `via`: its endpoint, or PCIe), slower by the estimate."""
+
+    code: ClassVar[str] = "device_unused"
+    kind: ClassVar[Kind] = Kind.NOTE
+    device: str
+    via: str
+    crossing_ms: float
+
+
+@dataclass(frozen=True)
 class LoadIntoRam(Finding):
     """-lm none chosen: CPU-resident weights are copied for prompts from pinned memory."""
 
