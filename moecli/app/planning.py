@@ -67,10 +67,14 @@ def rpc_for(options: MachineOptions) -> tuple:
         return ()
     if options.rpc_mem:
         return machine.rpc_devices(endpoints, options.rpc_mem)
+    return machine.rpc_devices(endpoints, None, *_ask(endpoints))
+
+
+def _ask(endpoints: tuple[str, ...]) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
+    """What the running workers report: their memory (free, total), and the round trip to each."""
     from moecli.engine import rpc  # loads libllama: only when a worker must be asked
 
-    return machine.rpc_devices(endpoints, reported={e: rpc.device_memory(e) for e in endpoints},
-                               round_trips={e: rpc.round_trip(e) for e in endpoints})
+    return {e: rpc.device_memory(e) for e in endpoints}, {e: rpc.round_trip(e) for e in endpoints}
 
 
 def machine_for(options: MachineOptions) -> MachineFacts:
@@ -87,12 +91,8 @@ def machine_for_loading(options: MachineOptions) -> tuple[MachineFacts, str | No
         machine.vram_bytes(options.vram)  # a bad or zero --vram is refused as `plan` refuses it
     facts = machine.resolve(profile=options.profile, ram=options.ram, cpu_only=options.cpu_only)
     if options.rpc:  # running: the workers must be there, and report their own memory
-        from moecli.engine import rpc
-
         endpoints = machine.parse_endpoints(options.rpc)
-        facts = machine.with_rpc(facts, machine.rpc_devices(endpoints, options.rpc_mem,
-                                                            {e: rpc.device_memory(e) for e in endpoints},
-                                                            {e: rpc.round_trip(e) for e in endpoints}))
+        facts = machine.with_rpc(facts, machine.rpc_devices(endpoints, options.rpc_mem, *_ask(endpoints)))
     if facts.gpus:
         from moecli import engine  # loads libllama: only when a model will be loaded
 

@@ -430,8 +430,7 @@ class _DeviceSearch:
             found += weighed
         load_mode, why = self.load_mode(exact, acc)
         found += why
-        row = (m.facts.n_embd + m.facts.n_expert) * 4
-        found += [DeviceUnused(d.name, d.endpoint or "PCIe", (d.link_latency + row / d.link_bandwidth) * 1e3)
+        found += [DeviceUnused(d.name, d.endpoint or "PCIe", _crossing_seconds(m, d) * 1e3)
                   for d in self.devs if d.name not in exact.devices]
         params = params.with_(load_mode=load_mode)
         experts = {layer: d for layer, d in _expert_devices(m, exact).items() if d != CPU}
@@ -502,10 +501,9 @@ class _DeviceSearch:
         n_best, s_best = _crossings(m, where_best, self.devs)
         found: list[Finding] = []
         if n_best < n_fill:
-            row = (m.facts.n_embd + m.facts.n_expert) * 4
             slow = max(self.devs, key=lambda d: d.link_latency)
             found.append(CrossingsWeighed(n_best, s_best * 1e3, n_fill, s_fill * 1e3, bound, fill_bound, slow.name,
-                                          slow.endpoint or "PCIe", (slow.link_latency + row / slow.link_bandwidth) * 1e3))
+                                          slow.endpoint or "PCIe", _crossing_seconds(m, slow) * 1e3))
         return params_best, where_best, acc_best, found
 
     def packed(self, setup: _Setup) -> list[float] | None:
@@ -851,6 +849,12 @@ def describe(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[Placement
     return placement, tuple(rows)
 
 
+def _crossing_seconds(m: _Model, d: _Dev) -> float:
+    """One crossing of a token's activations over a device's link: one row of n_embd f32 and the
+    router's choice, at the link's latency and bandwidth."""
+    return d.link_latency + (m.facts.n_embd + m.facts.n_expert) * 4 / d.link_bandwidth
+
+
 def _crossings(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[int, float]:
     """How often one token's activations cross between devices, and the seconds that takes. The
     path of a token: the embedding on the CPU, each layer's own device, its experts' device when
@@ -868,11 +872,10 @@ def _crossings(m: _Model, where: _DWhere, devs: Sequence[_Dev]) -> tuple[int, fl
             if device != here:
                 path += [device, here]
     path += [where.output(), CPU]
-    row = (m.facts.n_embd + m.facts.n_expert) * 4
 
     def hop(device: str) -> float:
         d = by.get(device)
-        return 0.0 if d is None else d.link_latency + row / d.link_bandwidth
+        return 0.0 if d is None else _crossing_seconds(m, d)
 
     crossings = [(a, b) for a, b in zip(path, path[1:]) if a != b]
     return len(crossings), sum(max(hop(a), hop(b)) for a, b in crossings)
